@@ -1,0 +1,13 @@
+from prefect import task
+from prefect.logging import get_run_logger
+
+from tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
+from transferflow import phases
+from transferflow.config import RetrainConfig
+
+
+@task(name="build_backbone", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def build_backbone(config: RetrainConfig) -> phases.BackboneRef:
+    """Fetch the backbone's weights and check they fit, before any training."""
+    return phases.build_backbone(config, logger=get_run_logger())

@@ -1,0 +1,23 @@
+from prefect import task
+from prefect.logging import get_run_logger
+
+from tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
+from transferflow import phases
+from transferflow.config import RetrainConfig
+from transferflow.data import DatasetRef
+
+
+@task(name="check_storage", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def check_storage() -> str:
+    """Make sure the bucket exists and answers before anything expensive starts."""
+    where = phases.check_storage()
+    get_run_logger().info("object storage: %s", where)
+    return where
+
+
+@task(name="download_dataset", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def download_dataset(config: RetrainConfig) -> DatasetRef:
+    """Fetch, check, decode, split and store the dataset; reuses an identical earlier preparation."""
+    return phases.download_dataset(config, logger=get_run_logger())

@@ -1,0 +1,19 @@
+"""Retry policy shared by the I/O tasks: retry what may pass, fail fast on bad input."""
+
+from __future__ import annotations
+
+from transferflow.errors import DownloadError, StorageError
+
+IO_RETRIES = 2
+IO_RETRY_DELAYS = [5, 30]
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Retry storage hiccups and failed downloads; a bad path or bad config will not fix itself."""
+    try:
+        state.result()
+    except (StorageError, DownloadError, ConnectionError, TimeoutError):
+        return True
+    except Exception:
+        return False
+    return False

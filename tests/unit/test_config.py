@@ -1,0 +1,64 @@
+import pytest
+from pydantic import ValidationError
+
+from transferflow.config import RetrainConfig, default_model_name
+
+
+def test_defaults_are_the_documented_ones():
+    config = RetrainConfig()
+    assert config.dataset == "cifar10"
+    assert config.backbone == "vgg16"
+    assert config.weights == "imagenet"
+    assert config.fine_tune_learning_rate == 1e-5
+    assert config.fine_tune_blocks == 1
+    assert config.model_name == "cifar10-vgg16"
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("image_size", 16, "greater than or equal to 32"),
+    ("fine_tune_gate", 1.5, "less than or equal to 1"),
+    ("fine_tune_gate", -0.1, "greater than or equal to 0"),
+    ("head_epochs", 0, "greater than or equal to 1"),
+    ("fine_tune_epochs", -1, "greater than or equal to 0"),
+    ("head_learning_rate", 0, "greater than 0"),
+    ("model_name", "Bad Name/..", "lowercase letters"),
+    ("weights", "imagenet21k", "neither 'imagenet', 'none'"),
+    ("backbone", "alexnet", "Input should be"),
+    ("dataset", "   ", "dataset is empty"),
+])
+def test_bad_values_are_refused_with_the_field_named(field, value, fragment):
+    with pytest.raises(ValidationError) as info:
+        RetrainConfig(**{field: value})
+    assert field in str(info.value)
+    assert fragment in str(info.value)
+
+
+def test_unknown_parameters_are_refused():
+    with pytest.raises(ValidationError, match="head_epoch"):
+        RetrainConfig(head_epoch=3)
+
+
+def test_fine_tune_blocks_cannot_exceed_the_backbone():
+    with pytest.raises(ValidationError, match="exceeds vgg16's 5 blocks"):
+        RetrainConfig(fine_tune_blocks=6)
+
+
+def test_weights_uri_forms_are_accepted():
+    assert RetrainConfig(weights="s3://b/w/vgg16.weights.h5").weights == "s3://b/w/vgg16.weights.h5"
+    assert RetrainConfig(weights="NONE").weights == "none"
+
+
+@pytest.mark.parametrize("dataset, name", [
+    ("cifar10", "cifar10-vgg16"),
+    ("/data/My Flowers/", "my-flowers-vgg16"),
+    ("https://x.org/a/flowers.tar.gz#sha256=ab", "flowers-vgg16"),
+    ("s3://bucket/sets/pets/", "pets-vgg16"),
+])
+def test_default_model_name_comes_from_dataset(dataset, name):
+    assert default_model_name(dataset, "vgg16") == name
+    assert RetrainConfig(dataset=dataset).model_name == name
+
+
+def test_config_round_trips_through_json():
+    config = RetrainConfig(dataset="/x", head_epochs=2, weights="none")
+    assert RetrainConfig.model_validate_json(config.model_dump_json()) == config

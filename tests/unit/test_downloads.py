@@ -1,0 +1,88 @@
+import io
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+
+from transferflow.data import _read_cifar10
+from transferflow.downloads import Checksum, extract
+from transferflow.errors import DatasetError
+
+
+def test_checksum_fragment_is_split_from_url():
+    url, checksum = Checksum.from_fragment("https://h/x.tgz#sha256=ABC123")
+    assert url == "https://h/x.tgz" and checksum == Checksum("sha256", "abc123")
+    assert Checksum.from_fragment("https://h/x.tgz") == ("https://h/x.tgz", None)
+    with pytest.raises(DatasetError, match="#sha256=<hex digest>"):
+        Checksum.from_fragment("https://h/x.tgz#crc=1")
+
+
+def make_tar(path, members):
+    with tarfile.open(path, "w:gz") as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def file_member(name, data=b"x"):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def test_safe_tar_extracts(tmp_path):
+    archive = make_tar(tmp_path / "ok.tar.gz", [file_member("a/b.png")])
+    out = extract(archive, tmp_path / "out")
+    assert (out / "a" / "b.png").read_bytes() == b"x"
+
+
+@pytest.mark.parametrize("member", ["../evil.png", "/etc/evil.png"])
+def test_tar_with_escaping_path_is_refused(tmp_path, member):
+    archive = make_tar(tmp_path / "bad.tar.gz", [file_member(member)])
+    with pytest.raises(DatasetError, match="unsafe member path"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tar_with_symlink_is_refused(tmp_path):
+    link = tarfile.TarInfo("a/link")
+    link.type = tarfile.SYMTYPE
+    link.linkname = "/etc/passwd"
+    archive = make_tar(tmp_path / "bad.tar.gz", [(link, None)])
+    with pytest.raises(DatasetError, match="is a link or device file"):
+        extract(archive, tmp_path / "out")
+
+
+def test_zip_bomb_limit(tmp_path):
+    archive = tmp_path / "big.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/zeros.bin", b"\0" * 100_000)
+    with pytest.raises(DatasetError, match="unpacks to more than 1000 bytes"):
+        extract(archive, tmp_path / "out", max_bytes=1000)
+
+
+def test_truncated_archive_is_a_clear_error(tmp_path):
+    archive = make_tar(tmp_path / "t.tar.gz", [file_member("a/b.png", b"y" * 50_000)])
+    archive.write_bytes(archive.read_bytes()[:100])
+    with pytest.raises(DatasetError, match="corrupt or truncated"):
+        extract(archive, tmp_path / "out")
+
+
+def test_cifar10_binary_reader(tmp_path):
+    """The official binary layout: 1 label byte then 1024 R, 1024 G, 1024 B bytes."""
+    base = tmp_path / "cifar-10-batches-bin"
+    base.mkdir()
+    (base / "batches.meta.txt").write_text("airplane\nautomobile\n\n")
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        records = rng.integers(0, 256, (4, 3073), dtype=np.uint8)
+        records[:, 0] = [0, 1, 1, 0]
+        records.tofile(base / name)
+    splits, names = _read_cifar10(tmp_path)
+    assert names == ["airplane", "automobile"]
+    x, y = splits["train"]
+    assert x.shape == (20, 32, 32, 3) and y.tolist()[:4] == [0, 1, 1, 0]
+    raw = np.fromfile(base / "data_batch_1.bin", dtype=np.uint8).reshape(-1, 3073)
+    assert x[0, 0, 1, 2] == raw[0, 1 + 2048 + 1]  # blue plane, row 0, column 1
+    assert splits["test"][0].shape == (4, 32, 32, 3)

@@ -1,0 +1,157 @@
+"""The `transferflow` command line.
+
+`models` commands import neither TensorFlow nor Prefect, so they answer fast;
+`train` imports them only once its flags have been checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from enum import Enum
+from typing import Any
+
+from pydantic import ValidationError
+
+from transferflow import __version__, storage
+from transferflow.config import RetrainConfig
+from transferflow.errors import TransferflowError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.getLogger("transferflow").addHandler(handler)
+    logging.getLogger("transferflow").setLevel(logging.INFO)
+    storage.load_local_env()
+    try:
+        return args.handler(args)
+    except TransferflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="transferflow", description="Transfer-learning retraining "
+                                     "pipeline with an S3 model registry.")
+    parser.add_argument("--version", action="version", version=f"transferflow {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="run the retrain flow",
+                                description="Run the retrain flow (Prefect's ephemeral API "
+                                "when PREFECT_API_URL is unset).")
+    add_config_flags(train)
+    train.set_defaults(handler=cmd_train)
+
+    models = commands.add_parser("models", help="inspect the model registry")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    listing = model_commands.add_parser("list", help="every registered version")
+    listing.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    listing.set_defaults(handler=cmd_models_list)
+    show = model_commands.add_parser("show", help="one version's metadata")
+    show.add_argument("reference", metavar="NAME[:VERSION|@ALIAS]")
+    show.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    show.set_defaults(handler=cmd_models_show)
+    return parser
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per RetrainConfig field: --head-epochs for head_epochs, and so on."""
+    for name, field in RetrainConfig.model_fields.items():
+        annotation = field.annotation
+        options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
+                                   "help": f"{field.description} (default: {field.default})"}
+        if isinstance(annotation, type) and issubclass(annotation, Enum):
+            options["choices"] = [member.value for member in annotation]
+        elif annotation in (int, float):
+            options["type"] = annotation
+            options["metavar"] = "N" if annotation is int else "X"
+        parser.add_argument("--" + name.replace("_", "-"), **options)
+
+
+def parse_config(values: dict[str, Any]) -> RetrainConfig:
+    try:
+        return RetrainConfig(**values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-') or 'config'}: {err['msg']}"
+            for err in exc.errors())
+        raise TransferflowError(f"invalid parameters: {problems}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    values = {k: v for k, v in vars(args).items() if k in RetrainConfig.model_fields}
+    config = parse_config(values)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from flows.retrain import retrain
+
+    result = retrain(config=config)
+    print(f"registered {result['name']} version {result['version']}")
+    print(f"artifact   {result['artifact_uri']}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from transferflow.registry import Registry
+
+    registry = Registry()
+    rows, documents = [], []
+    for name in registry.names():
+        aliases = registry.aliases(name)
+        for version in registry.versions(name):
+            meta = registry.metadata(name, version) or {}
+            documents.append(meta)
+            tags = ",".join(sorted(a for a, v in aliases.items() if v == version))
+            accuracy = meta.get("metrics", {}).get("test", {}).get("accuracy")
+            rows.append((name, str(version), meta.get("registered_at", "?"),
+                         f"{accuracy:.4f}" if accuracy is not None else "-", tags))
+    if args.json:
+        print(json.dumps(documents, indent=2))
+    elif not rows:
+        print(f"no models registered in s3://{registry.bucket} at {storage.endpoint_label()}")
+    else:
+        print_table(("NAME", "VERSION", "REGISTERED", "TEST_ACC", "ALIASES"), rows)
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    from transferflow.registry import Registry
+
+    registry = Registry()
+    name, version = registry.resolve(args.reference)
+    meta = registry.metadata(name, version)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    test = meta["metrics"]["test"]
+    print(f"{name} version {version}  (registered {meta['registered_at']})")
+    print(f"  artifact    {meta['artifact']['uri']}  ({meta['artifact']['size']} bytes, "
+          f"sha256 {meta['artifact']['sha256'][:16]}...)")
+    print(f"  dataset     {meta['dataset']['source']}  (fingerprint {meta['dataset']['fingerprint'][:12]})")
+    print(f"  backbone    {meta['backbone']['name']}, weights {meta['backbone']['weights']}, "
+          f"{meta['image_size']} px")
+    print(f"  classes     {', '.join(meta['classes'])}")
+    print(f"  test acc    {test['accuracy']:.4f} on {test['images']} images")
+    print(f"  gate        {meta['gate']['fine_tune']['reason']}")
+    if meta["gate"].get("keep_fine_tuned"):
+        print(f"  fine-tune   {meta['gate']['keep_fine_tuned']['reason']}")
+    print(f"  flow run    {meta['lineage']['flow_run_id']}")
+    return 0
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

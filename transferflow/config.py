@@ -1,0 +1,117 @@
+"""RetrainConfig: the one parameter model behind the CLI flags, the flow's
+parameters (and so the Prefect UI form) and the metadata saved with a model."""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from transferflow.backbones import BACKBONES, DEFAULT_BACKBONE
+
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+WEIGHT_CHOICES = ("imagenet", "none")
+
+Backbone = Enum("Backbone", {name.upper(): name for name in BACKBONES}, type=str)
+Backbone.__doc__ = "keras.applications backbone (include_top=False)."
+
+
+class RetrainConfig(BaseModel):
+    """Everything that decides what a retrain run produces."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+    dataset: str = Field(
+        "cifar10",
+        description="Dataset: a built-in name (cifar10), an http(s) archive URL, "
+        "s3://bucket/prefix/ or a local folder with one subfolder per class "
+        "(optionally under train/, val/, test/).",
+    )
+    backbone: Backbone = Field(DEFAULT_BACKBONE, description="Pretrained backbone to build on.")
+    weights: str = Field(
+        "imagenet",
+        description="Backbone weights: imagenet, none, or the URI of a .weights.h5 file "
+        "(local path, file:// or s3://) for air-gapped clusters.",
+    )
+    image_size: int = Field(32, ge=32, le=1024, description="Images are resized to this square size (pixels).")
+    head_epochs: int = Field(10, ge=1, le=1000, description="Maximum epochs for the new head (early stopping may end sooner).")
+    fine_tune_epochs: int = Field(5, ge=0, le=1000, description="Maximum fine-tuning epochs; 0 skips fine-tuning.")
+    fine_tune_gate: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Fine-tune only if the head's validation accuracy is at least this.",
+    )
+    fine_tune_blocks: int = Field(
+        1, ge=1, le=20,
+        description="How many of the backbone's top blocks to unfreeze for fine-tuning (VGG16: block5 is 1).",
+    )
+    head_learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate for the head.")
+    fine_tune_learning_rate: float = Field(1e-5, gt=0.0, le=1.0, description="Adam learning rate for fine-tuning.")
+    batch_size: int = Field(32, ge=1, le=4096, description="Images per training step.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout rate before the classifier layer.")
+    patience: int = Field(3, ge=1, le=100, description="Early stopping: epochs without val_loss improvement.")
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of train carved out for validation when the dataset has no val split.")
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of train carved out for testing when the dataset has no test split.")
+    model_name: str | None = Field(
+        None,
+        description="Registry name (lowercase letters, digits, . _ -). Default: <dataset>-<backbone>.",
+    )
+    seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for splits, shuffling and initialisation.")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_not_blank(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("dataset is empty: pass a built-in name, URL, s3:// URI or folder")
+        return value
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_form(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() in WEIGHT_CHOICES:
+            return value.lower()
+        if not value.endswith(".h5"):
+            raise ValueError(
+                f"weights {value!r} is neither 'imagenet', 'none' nor a .weights.h5 file URI"
+            )
+        return value
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name_safe(cls, value: str | None) -> str | None:
+        if value is not None and not MODEL_NAME_RE.match(value):
+            raise ValueError(
+                f"model_name {value!r} must be 1-63 lowercase letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit (it becomes part of S3 keys)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> RetrainConfig:
+        spec = BACKBONES[self.backbone]
+        if self.image_size < spec.min_size:
+            raise ValueError(f"image_size {self.image_size} is below {spec.name}'s minimum {spec.min_size}")
+        if self.fine_tune_blocks > len(spec.blocks):
+            raise ValueError(
+                f"fine_tune_blocks {self.fine_tune_blocks} exceeds {spec.name}'s {len(spec.blocks)} blocks"
+            )
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError("val_fraction + test_fraction must stay below 0.8 to leave data to train on")
+        if self.model_name is None:
+            self.model_name = default_model_name(self.dataset, self.backbone)
+        return self
+
+
+def dataset_slug(dataset: str) -> str:
+    """A key-safe short name from the dataset's last path part, e.g. 'flowers'."""
+    stem = dataset.split("#")[0].rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        stem = stem.removesuffix(suffix)
+    return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:50] or "dataset"
+
+
+def default_model_name(dataset: str, backbone: str) -> str:
+    """A registry name from the dataset and backbone, e.g. 'flowers-vgg16'."""
+    return f"{dataset_slug(dataset)}-{backbone}"

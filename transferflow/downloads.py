@@ -1,0 +1,186 @@
+"""HTTP(S) downloads that resume, retry, show progress and verify checksums,
+and archive extraction that refuses to write outside its target."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from transferflow.errors import ChecksumError, DatasetError, DownloadError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+PROGRESS_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class Checksum:
+    algorithm: str  # "sha256" or "md5"
+    hexdigest: str
+
+    @classmethod
+    def from_fragment(cls, url: str) -> tuple[str, Checksum | None]:
+        """Split 'https://x/a.tgz#sha256=abc' into the URL and its checksum."""
+        base, _, fragment = url.partition("#")
+        if not fragment:
+            return base, None
+        algorithm, sep, digest = fragment.partition("=")
+        if not sep or algorithm not in ("sha256", "md5") or not digest:
+            raise DatasetError(f"URL fragment #{fragment} is not of the form #sha256=<hex digest>")
+        return base, cls(algorithm, digest.lower())
+
+
+def download(url: str, target: Path, checksum: Checksum | None = None, *,
+             attempts: int = 4, logger: logging.Logger | logging.LoggerAdapter = log) -> Path:
+    """Download `url` to `target`, resuming a partial file, and verify it.
+
+    A wrong checksum is never accepted: the bad file is removed and the error raised.
+    """
+    if target.is_file() and (checksum is None or _matches(target, checksum)):
+        logger.info("using cached download %s", target.name)
+        return target
+    partial = target.with_name(target.name + ".part")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, attempts + 1):
+        try:
+            _fetch(url, partial, logger)
+            break
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 429:
+                raise DatasetError(f"download of {url} failed: HTTP {exc.code} {exc.reason}. "
+                                   "Check the URL.") from None
+            if attempt == attempts:
+                raise DownloadError(f"download of {url} failed after {attempts} attempts: {exc}. "
+                                   "Check the URL and network, or mirror the data to s3:// "
+                                   "and pass that URI.") from None
+            delay = min(2 ** attempt, 30)
+            logger.warning("download attempt %d/%d of %s failed (%s); retrying in %ds",
+                           attempt, attempts, url, exc, delay)
+            time.sleep(delay)
+    if checksum is not None and not _matches(partial, checksum):
+        actual = _digest(partial, checksum.algorithm)
+        partial.unlink()
+        raise ChecksumError(f"checksum mismatch for {url}: expected {checksum.algorithm} "
+                            f"{checksum.hexdigest}, got {actual}. The file was discarded; "
+                            "if the source changed on purpose, update the checksum.")
+    partial.replace(target)
+    return target
+
+
+def _fetch(url: str, partial: Path, logger) -> None:
+    """One attempt: continue from the partial file's size with a Range request."""
+    offset = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "transferflow"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    with urllib.request.urlopen(request, timeout=60) as response:
+        if offset and response.status != 206:  # server ignored Range: start over
+            offset = 0
+        total = _total_size(response, offset)
+        mode = "ab" if offset else "wb"
+        with open(partial, mode) as out:
+            _copy_with_progress(response, out, url, offset, total, logger)
+        if total is not None and partial.stat().st_size < total:
+            raise OSError(f"connection closed at {partial.stat().st_size} of {total} bytes")
+
+
+def _total_size(response, offset: int) -> int | None:
+    length = response.headers.get("Content-Length")
+    return offset + int(length) if length is not None else None
+
+
+def _copy_with_progress(response, out, url: str, done: int, total: int | None, logger) -> None:
+    started = last = time.monotonic()
+    start_bytes = done
+    for chunk in iter(lambda: response.read(CHUNK), b""):
+        out.write(chunk)
+        done += len(chunk)
+        now = time.monotonic()
+        if now - last >= PROGRESS_EVERY_S:
+            rate = (done - start_bytes) / max(now - started, 1e-6) / 1e6
+            share = f" ({100 * done / total:.0f}% of {total / 1e6:.1f} MB)" if total else ""
+            logger.info("downloading %s: %.1f MB%s at %.1f MB/s", url, done / 1e6, share, rate)
+            last = now
+
+
+def _digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _matches(path: Path, checksum: Checksum) -> bool:
+    return _digest(path, checksum.algorithm) == checksum.hexdigest
+
+
+def extract(archive: Path, target: Path, max_bytes: int = 20 << 30, max_files: int = 2_000_000) -> Path:
+    """Unpack a .tar(.gz)/.tgz/.zip into `target`, refusing unsafe members."""
+    if target.exists():
+        shutil.rmtree(target)
+    staging = target.with_name(target.name + ".extracting")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    name = archive.name.lower()
+    if name.endswith(".zip"):
+        _extract_zip(archive, staging, max_bytes, max_files)
+    elif name.endswith((".tar", ".tar.gz", ".tgz")):
+        _extract_tar(archive, staging, max_bytes, max_files)
+    else:
+        raise DatasetError(f"{archive.name}: unsupported archive type; use .tar.gz, .tgz, .tar or .zip")
+    staging.replace(target)
+    return target
+
+
+def _check_member(name: str, archive: Path) -> None:
+    path = Path(name)
+    if path.is_absolute() or ".." in path.parts:
+        raise DatasetError(f"archive {archive.name} has an unsafe member path {name!r}; refusing it")
+
+
+def _extract_tar(archive: Path, staging: Path, max_bytes: int, max_files: int) -> None:
+    total = 0
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            if len(members) > max_files:
+                raise DatasetError(f"archive {archive.name} has {len(members)} members (> {max_files})")
+            for member in members:
+                _check_member(member.name, archive)
+                if not (member.isfile() or member.isdir()):
+                    raise DatasetError(f"archive {archive.name} member {member.name!r} is a link or "
+                                       "device file; refusing it")
+                total += member.size
+                if total > max_bytes:
+                    raise DatasetError(f"archive {archive.name} unpacks to more than {max_bytes} bytes")
+            tar.extractall(staging, members=members, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise DatasetError(f"archive {archive.name} is corrupt or truncated: {exc}") from None
+
+
+def _extract_zip(archive: Path, staging: Path, max_bytes: int, max_files: int) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            if len(infos) > max_files:
+                raise DatasetError(f"archive {archive.name} has {len(infos)} members (> {max_files})")
+            if sum(info.file_size for info in infos) > max_bytes:
+                raise DatasetError(f"archive {archive.name} unpacks to more than {max_bytes} bytes")
+            for info in infos:
+                _check_member(info.filename, archive)
+                if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise DatasetError(f"archive {archive.name} member {info.filename!r} is a "
+                                       "symlink; refusing it")
+            zf.extractall(staging)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DatasetError(f"archive {archive.name} is corrupt or truncated: {exc}") from None

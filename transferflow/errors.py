@@ -1,0 +1,37 @@
+"""The error types users see. Every message names the input at fault and the fix."""
+
+
+class TransferflowError(Exception):
+    """Base class: anything transferflow raises on purpose."""
+
+
+class ConfigError(TransferflowError):
+    """A parameter is invalid."""
+
+
+class DatasetError(TransferflowError):
+    """The dataset is missing, malformed, or cannot be downloaded."""
+
+
+class DownloadError(DatasetError):
+    """A download failed after its retries (network, server); worth retrying later."""
+
+
+class ChecksumError(DownloadError):
+    """Downloaded bytes do not match the expected checksum; they were discarded."""
+
+
+class WeightsError(TransferflowError):
+    """Backbone weights are missing or do not fit the backbone."""
+
+
+class StorageError(TransferflowError):
+    """Object storage is unreachable or refused a request."""
+
+
+class RegistryError(TransferflowError):
+    """A model, version or alias is missing or a registry write conflicted."""
+
+
+class TrainingError(TransferflowError):
+    """Training diverged or produced an unusable model."""

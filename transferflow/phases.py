@@ -1,0 +1,182 @@
+"""The pipeline's stages as plain functions. Prefect tasks in tasks/ wrap these;
+they can also be called directly (tests, notebooks, other orchestrators).
+
+Big things travel as s3:// URIs; what these functions return is small.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import BaseModel
+
+from transferflow import backbones, storage
+from transferflow.config import RetrainConfig
+from transferflow.data import DatasetRef, PrepareOptions, load_prepared, prepare_dataset
+from transferflow.gate import GateDecision, keep_fine_tuned
+
+log = logging.getLogger(__name__)
+
+
+class BackboneRef(BaseModel):
+    """A backbone whose weights were found and checked to fit."""
+
+    name: str
+    weights: str  # imagenet | none | the URI given
+    weights_sha256: str | None
+    image_size: int
+    parameters: int
+    preprocessing: str  # keras.applications.<module>.preprocess_input
+
+
+class PhaseOutcome(BaseModel):
+    """A trained model staged in object storage, and how it did."""
+
+    phase: str
+    model_uri: str
+    sha256: str
+    size: int
+    metrics: dict
+
+
+class FineTuneOutcome(BaseModel):
+    tuned: PhaseOutcome
+    kept: GateDecision
+    chosen: PhaseOutcome  # the tuned model if kept, else the head
+
+
+def run_prefix(run_id: str, bucket: str | None = None) -> str:
+    """Where a run stages its intermediate models: s3://<bucket>/runs/<run_id>."""
+    return f"s3://{bucket or storage.bucket_name()}/runs/{run_id}"
+
+
+def check_storage() -> str:
+    """Fail fast, before any download or training, if object storage is unusable."""
+    bucket = storage.ensure_bucket()
+    return f"s3://{bucket} at {storage.endpoint_label()}"
+
+
+def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
+    options = PrepareOptions(config.image_size, config.val_fraction, config.test_fraction, config.seed)
+    return prepare_dataset(config.dataset, options, logger=logger)
+
+
+def build_backbone(config: RetrainConfig, logger=log) -> BackboneRef:
+    """Resolve the weights and build the backbone once, so a mismatch fails before training."""
+    spec = backbones.get_spec(config.backbone)
+    weights_file = backbones.resolve_weights(config.weights)
+    model = backbones.construct(spec, config.image_size, weights_file)
+    sha = storage.sha256_file(weights_file) if weights_file not in (None, "imagenet") else None
+    logger.info("backbone %s (%s weights): %d parameters, output %s", spec.name, config.weights,
+                model.count_params(), tuple(model.output_shape[1:]))
+    return BackboneRef(name=spec.name, weights=config.weights, weights_sha256=sha,
+                       image_size=config.image_size, parameters=int(model.count_params()),
+                       preprocessing=f"keras.applications.{spec.preprocess_module}.preprocess_input")
+
+
+def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef, run_id: str,
+               logger=log) -> PhaseOutcome:
+    """Train a new head on the frozen backbone and stage the model."""
+    from transferflow import model as modeling
+    from transferflow.training import fit_phase
+
+    spec = backbones.get_spec(backbone.name)
+    data = load_prepared(dataset)
+    base = backbones.construct(spec, config.image_size, backbones.resolve_weights(config.weights))
+    classifier = modeling.build_classifier(base, spec, len(dataset.class_names), config.dropout)
+    metrics = fit_phase(classifier, "head", data.splits["train"], data.splits["val"],
+                        epochs=config.head_epochs, learning_rate=config.head_learning_rate,
+                        batch_size=config.batch_size, patience=config.patience, seed=config.seed,
+                        logger=logger)
+    uri = f"{run_prefix(run_id)}/head.keras"
+    sha, size = modeling.save_to(classifier, uri)
+    return PhaseOutcome(phase="head", model_uri=uri, sha256=sha, size=size, metrics=metrics.as_dict())
+
+
+def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, run_id: str,
+              logger=log) -> FineTuneOutcome:
+    """Unfreeze the top blocks, train at a low rate, keep the result only if val did not drop."""
+    from transferflow import model as modeling
+    from transferflow.training import fit_phase
+
+    spec = backbones.get_spec(config.backbone)
+    data = load_prepared(dataset)
+    classifier = modeling.load_from(head.model_uri)
+    unfrozen = modeling.unfreeze_top_blocks(classifier, spec, config.fine_tune_blocks)
+    logger.info("fine-tuning %d layers of %s (top %d blocks) at learning rate %g",
+                len(unfrozen), spec.name, config.fine_tune_blocks, config.fine_tune_learning_rate)
+    metrics = fit_phase(classifier, "fine_tune", data.splits["train"], data.splits["val"],
+                        epochs=config.fine_tune_epochs, learning_rate=config.fine_tune_learning_rate,
+                        batch_size=config.batch_size, patience=config.patience, seed=config.seed,
+                        logger=logger)
+    uri = f"{run_prefix(run_id)}/fine_tune.keras"
+    sha, size = modeling.save_to(classifier, uri)
+    tuned = PhaseOutcome(phase="fine_tune", model_uri=uri, sha256=sha, size=size,
+                         metrics={**metrics.as_dict(), "unfrozen_layers": unfrozen})
+    kept = keep_fine_tuned(head.metrics["val_accuracy"], metrics.val_accuracy)
+    logger.info(kept.reason)
+    return FineTuneOutcome(tuned=tuned, kept=kept, chosen=tuned if kept.passed else head)
+
+
+def evaluate_model(dataset: DatasetRef, model_uri: str, batch_size: int, logger=log) -> dict:
+    """Accuracy and per-class accuracy on the held-out test split."""
+    from transferflow import model as modeling
+    from transferflow.training import evaluate
+
+    data = load_prepared(dataset)
+    x_test, y_test = data.splits["test"]
+    result = evaluate(modeling.load_from(model_uri), x_test, y_test, dataset.class_names, batch_size)
+    logger.info("test accuracy %.4f on %d images (chance %.4f)", result["accuracy"], result["images"],
+                1 / len(dataset.class_names))
+    return result
+
+
+def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef,
+                   head: PhaseOutcome, gate: GateDecision, fine: FineTuneOutcome | None,
+                   test: dict, flow_run_id: str | None) -> dict:
+    """Everything needed to know where a model came from and how good it is."""
+    final = fine.chosen if fine else head
+    return {
+        "parameters": config.model_dump(mode="json"),
+        "metrics": {
+            "head": head.metrics,
+            "fine_tune": fine.tuned.metrics if fine else None,
+            "test": test,
+        },
+        "gate": {
+            "fine_tune": gate.model_dump(),
+            "keep_fine_tuned": fine.kept.model_dump() if fine else None,
+            "final_phase": final.phase,
+        },
+        "dataset": {
+            "source": dataset.source, "fingerprint": dataset.fingerprint, "prepared_uri": dataset.uri,
+            "split_origin": dataset.split_origin, "counts": dataset.counts,
+        },
+        "backbone": backbone.model_dump(),
+        "classes": dataset.class_names,
+        "image_size": config.image_size,
+        "preprocessing": {
+            "input": f"RGB pixel values 0-255, shape ({config.image_size}, {config.image_size}, 3)",
+            "resize": "bilinear with antialias to image_size x image_size",
+            "in_model": backbone.preprocessing + " (a BackbonePreprocess layer inside the model)",
+        },
+        "lineage": {"flow_run_id": flow_run_id, "staged_model_uri": final.model_uri},
+    }
+
+
+def register_model(config: RetrainConfig, metadata: dict, final: PhaseOutcome, run_id: str,
+                   logger=log) -> dict:
+    """Publish the chosen model as a new version and move `latest`."""
+    from transferflow.registry import Registry
+
+    registry = Registry()
+    version = registry.register(config.model_name, final.model_uri, final.sha256, final.size,
+                                metadata, run_id)
+    logger.info("registered %s version %d at %s", version.name, version.version, version.artifact_uri)
+    return {"name": version.name, "version": version.version, "artifact_uri": version.artifact_uri}
+
+
+def cleanup_run(run_id: str) -> int:
+    """Remove a run's staged models once the registry holds its copy."""
+    location = storage.parse_s3_uri(run_prefix(run_id))
+    return storage.delete_prefix(location.bucket, location.key + "/")

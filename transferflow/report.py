@@ -1,0 +1,33 @@
+"""A short markdown report of a retrain run, for the Prefect UI and humans."""
+
+from __future__ import annotations
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def run_report(metadata: dict, registered: dict) -> str:
+    metrics, gate, params = metadata["metrics"], metadata["gate"], metadata["parameters"]
+    lines = [
+        f"# {registered['name']} version {registered['version']}",
+        "",
+        f"- artifact: `{registered['artifact_uri']}`",
+        f"- dataset: `{params['dataset']}` (fingerprint `{metadata['dataset']['fingerprint'][:12]}`)",
+        f"- backbone: {params['backbone']}, weights `{params['weights']}`, {params['image_size']} px",
+        f"- test accuracy: **{_pct(metrics['test']['accuracy'])}** on {metrics['test']['images']} images",
+        "",
+        "| phase | epochs | val accuracy | seconds |",
+        "|---|---|---|---|",
+    ]
+    for phase in ("head", "fine_tune"):
+        m = metrics.get(phase)
+        if m:
+            lines.append(f"| {phase} | {m['epochs_run']} | {_pct(m['val_accuracy'])} | {m['seconds']} |")
+    lines += ["", f"**Gate:** {gate['fine_tune']['reason']}"]
+    if gate.get("keep_fine_tuned"):
+        lines.append(f"**Fine-tune kept?** {gate['keep_fine_tuned']['reason']}")
+    lines += ["", "| class | test accuracy | images |", "|---|---|---|"]
+    for name, row in metrics["test"]["per_class"].items():
+        lines.append(f"| {name} | {_pct(row['accuracy'])} | {row['support']} |")
+    return "\n".join(lines) + "\n"

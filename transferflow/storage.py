@@ -1,0 +1,308 @@
+"""Object storage through boto3: S3 URIs, JSON documents, conditional writes.
+
+Endpoint and credentials come from the standard AWS variables
+(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE...).
+Error messages name the endpoint and bucket, never the credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from transferflow.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKET = "transferflow"
+LOCAL_ENV_FILE = Path(".local/s3.env")
+_S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE")
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write (IfMatch / IfNoneMatch) lost against another writer."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_s3_uri(uri: str) -> S3Location:
+    """Split 's3://bucket/key' into its parts."""
+    if not uri.startswith("s3://"):
+        raise StorageError(f"{uri!r} is not an s3:// URI")
+    bucket, _, key = uri[5:].partition("/")
+    if len(bucket) < 3:
+        raise StorageError(f"{uri!r} has no valid bucket name (at least 3 characters)")
+    return S3Location(bucket, key)
+
+
+def load_local_env(path: Path = LOCAL_ENV_FILE) -> bool:
+    """Use the local store started by `make storage-up` when no S3 settings are given.
+
+    Applies only when none of AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_PROFILE is set,
+    so a configured cloud account is never overridden.
+    """
+    if any(os.environ.get(name) for name in _S3_SETTINGS) or not path.is_file():
+        return False
+    for line in path.read_text().splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep and not name.startswith("#"):
+            os.environ[name.strip()] = value.strip()
+    log.info("using the local object store configured in %s", path)
+    return True
+
+
+def bucket_name() -> str:
+    return os.environ.get("TRANSFERFLOW_BUCKET") or DEFAULT_BUCKET
+
+
+def endpoint_label() -> str:
+    """Where requests go, for error messages (no credentials)."""
+    return (
+        os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+        or "the default AWS S3 endpoint"
+    )
+
+
+def client():
+    """A boto3 S3 client for the current environment, cached per endpoint and key id."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    cache_key = (endpoint_label(), os.environ.get("AWS_ACCESS_KEY_ID"), region,
+                 os.environ.get("AWS_PROFILE"))
+    with _clients_lock:
+        if cache_key not in _clients:
+            config = Config(
+                region_name=region,
+                retries={"mode": os.environ.get("AWS_RETRY_MODE", "standard"),
+                         "max_attempts": int(os.environ.get("AWS_MAX_ATTEMPTS", "4"))},
+                connect_timeout=5,
+                read_timeout=60,
+                max_pool_connections=32,
+                s3={"addressing_style": "path"},
+            )
+            _clients[cache_key] = boto3.session.Session().client("s3", config=config)
+        return _clients[cache_key]
+
+
+@contextlib.contextmanager
+def translated(action: str, bucket: str, key: str = "") -> Iterator[None]:
+    """Turn botocore failures into StorageError messages that say what to check."""
+    where = f"s3://{bucket}/{key}" if key else f"bucket {bucket!r}"
+    try:
+        yield
+    except (botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.ConnectionClosedError) as exc:
+        raise StorageError(
+            f"cannot reach object storage at {endpoint_label()} while trying to {action} "
+            f"{where}: {type(exc).__name__}. Check AWS_ENDPOINT_URL, or start the local "
+            "store with `make storage-up`."
+        ) from None
+    except botocore.exceptions.NoCredentialsError:
+        raise StorageError(
+            f"no S3 credentials found to {action} {where}: set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run `make storage-up` for the local store."
+        ) from None
+    except botocore.exceptions.ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "PreconditionFailed" or status == 412:
+            raise PreconditionFailed(f"conditional write to {where} lost to another writer") from None
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+            raise StorageError(
+                f"object storage at {endpoint_label()} refused to {action} {where} ({code}): "
+                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy."
+            ) from None
+        if code in ("NoSuchBucket",):
+            raise StorageError(
+                f"bucket {bucket!r} does not exist at {endpoint_label()}: create it or fix the URI"
+            ) from None
+        raise StorageError(f"could not {action} {where} at {endpoint_label()}: {code or status}") from None
+
+
+def ensure_bucket(bucket: str | None = None) -> str:
+    """Create the bucket if it is missing; fail clearly if storage is unreachable."""
+    bucket = bucket or bucket_name()
+    s3 = client()
+    with translated("check", bucket):
+        try:
+            s3.head_bucket(Bucket=bucket)
+            return bucket
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+    with translated("create", bucket):
+        try:
+            s3.create_bucket(Bucket=bucket)
+            log.info("created bucket %s at %s", bucket, endpoint_label())
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in (
+                "BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+    return bucket
+
+
+def exists(bucket: str, key: str) -> bool:
+    with translated("check", bucket, key):
+        try:
+            client().head_object(Bucket=bucket, Key=key)
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise
+
+
+def head(bucket: str, key: str) -> dict | None:
+    with translated("inspect", bucket, key):
+        try:
+            return client().head_object(Bucket=bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return None
+            raise
+
+
+def put_json(bucket: str, key: str, document: Any, *, if_none_match: bool = False,
+             if_match: str | None = None) -> str:
+    """Write a JSON document, optionally only if absent or unchanged; returns the ETag."""
+    body = json.dumps(document, indent=2, sort_keys=True, default=str).encode()
+    extra: dict[str, str] = {}
+    if if_none_match:
+        extra["IfNoneMatch"] = "*"
+    if if_match:
+        extra["IfMatch"] = if_match
+    with translated("write", bucket, key):
+        response = client().put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType="application/json", **extra)
+    return response["ETag"]
+
+
+def get_json(bucket: str, key: str) -> tuple[Any, str] | None:
+    """Read a JSON document and its ETag, or None when it does not exist."""
+    with translated("read", bucket, key):
+        try:
+            response = client().get_object(Bucket=bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        return json.loads(response["Body"].read()), response["ETag"]
+
+
+def list_keys(bucket: str, prefix: str) -> Iterator[dict]:
+    """Every object under a prefix, as boto3's listing entries (Key, Size, ETag...)."""
+    with translated("list", bucket, prefix):
+        pages = client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        for page in pages:
+            yield from page.get("Contents", [])
+
+
+def list_children(bucket: str, prefix: str) -> list[str]:
+    """The names of the 'folders' directly under a prefix."""
+    names = []
+    with translated("list", bucket, prefix):
+        pages = client().get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, Delimiter="/")
+        for page in pages:
+            for entry in page.get("CommonPrefixes", []):
+                names.append(entry["Prefix"][len(prefix):].rstrip("/"))
+    return sorted(names)
+
+
+def upload_file(path: Path, bucket: str, key: str) -> None:
+    """Upload a file (multipart when large; boto3 aborts failed multipart uploads)."""
+    with translated("upload", bucket, key):
+        client().upload_file(str(path), bucket, key)
+
+
+def download_file(bucket: str, key: str, path: Path) -> Path:
+    """Download to `path` through a temporary name, so a partial file is never left."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    with translated("download", bucket, key):
+        client().download_file(bucket, key, str(partial))
+    partial.replace(path)
+    return path
+
+
+def copy_object(source: S3Location, bucket: str, key: str) -> None:
+    """Server-side copy (managed: multipart for large objects)."""
+    with translated("copy", bucket, key):
+        client().copy({"Bucket": source.bucket, "Key": source.key}, bucket, key)
+
+
+def object_sha256(bucket: str, key: str) -> tuple[str, int]:
+    """Stream an object back and hash it: the check that what is stored is what was meant."""
+    digest = hashlib.sha256()
+    size = 0
+    with translated("verify", bucket, key):
+        body = client().get_object(Bucket=bucket, Key=key)["Body"]
+        for chunk in iter(lambda: body.read(1 << 20), b""):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def delete_prefix(bucket: str, prefix: str) -> int:
+    keys = [entry["Key"] for entry in list_keys(bucket, prefix)]
+    with translated("delete", bucket, prefix):
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start:start + 1000]]
+            client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+    return len(keys)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Local cache for downloads and prepared data (TRANSFERFLOW_CACHE_DIR)."""
+    root = os.environ.get("TRANSFERFLOW_CACHE_DIR") or Path.home() / ".cache" / "transferflow"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cached_download(uri: str) -> Path:
+    """Download an s3:// object into the cache, reusing the copy while its ETag is unchanged."""
+    location = parse_s3_uri(uri)
+    info = head(location.bucket, location.key)
+    if info is None:
+        raise StorageError(f"{uri} does not exist at {endpoint_label()}: check the URI")
+    etag = info["ETag"].strip('"')
+    target = cache_dir() / "s3" / location.bucket / location.key
+    stamp = target.with_name(target.name + ".etag")
+    if target.is_file() and stamp.is_file() and stamp.read_text() == etag:
+        return target
+    download_file(location.bucket, location.key, target)
+    stamp.write_text(etag)
+    return target

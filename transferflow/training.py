@@ -1,0 +1,130 @@
+"""Training phases: the head on a frozen backbone, then an optional fine-tune.
+
+Progress goes to the logger passed in (a Prefect run logger inside tasks), one
+line per epoch plus in-epoch progress for long epochs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from transferflow.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PhaseMetrics:
+    """What one training phase achieved, measured after training on the restored best weights."""
+
+    phase: str
+    epochs_run: int
+    val_accuracy: float
+    val_loss: float
+    train_accuracy: float
+    seconds: float
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {
+            "phase": self.phase, "epochs_run": self.epochs_run,
+            "val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
+            "train_accuracy": self.train_accuracy, "seconds": round(self.seconds, 2),
+            "history": self.history,
+        }
+
+
+class ProgressLog(keras.callbacks.Callback):
+    """Logs each epoch's metrics, and in-epoch progress at most every `every_s` seconds."""
+
+    def __init__(self, logger, phase: str, epochs: int, steps: int, every_s: float = 30.0):
+        super().__init__()
+        self.logger, self.phase, self.epochs, self.steps, self.every_s = logger, phase, epochs, steps, every_s
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = self.last = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.monotonic()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.logger.info("%s epoch %d/%d: step %d/%d, loss %.4f", self.phase, self.epoch + 1,
+                             self.epochs, batch + 1, self.steps, (logs or {}).get("loss", math.nan))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch = epoch + 1
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
+                            if isinstance(v, (int, float)) and k != "learning_rate")
+        self.logger.info("%s epoch %d/%d (%.1fs): %s", self.phase, epoch + 1, self.epochs,
+                         time.monotonic() - self.epoch_started, metrics)
+
+    def on_train_begin(self, logs=None):
+        self.epoch = 0
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
+    """A tf.data pipeline of float32 pixel batches."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle:
+        ds = ds.shuffle(min(len(x), 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b),
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def compile_for(model: keras.Model, learning_rate: float) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learning_rate: float,
+              batch_size: int, patience: int, seed: int, logger=log) -> PhaseMetrics:
+    """Compile, fit with early stopping (best weights restored), then measure on val."""
+    keras.utils.set_random_seed(seed)
+    compile_for(model, learning_rate)  # recompile: `trainable` may have changed
+    x_train, y_train = train
+    steps = math.ceil(len(x_train) / batch_size)
+    started = time.monotonic()
+    history = model.fit(
+        make_dataset(x_train, y_train, batch_size, True, seed),
+        validation_data=make_dataset(*val, batch_size, False, seed),
+        epochs=epochs, verbose=0,
+        callbacks=[
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
+                                          restore_best_weights=True),
+            ProgressLog(logger, phase, epochs, steps),
+        ],
+    )
+    losses = history.history.get("loss", [])
+    if any(not math.isfinite(v) for v in losses):
+        raise TrainingError(f"{phase}: the loss became {losses[-1]} (diverged). Lower the "
+                            "learning rate or check the images; nothing was registered.")
+    val_loss, val_accuracy = model.evaluate(make_dataset(*val, batch_size, False, seed), verbose=0)
+    return PhaseMetrics(
+        phase=phase, epochs_run=len(losses), val_accuracy=float(val_accuracy),
+        val_loss=float(val_loss), train_accuracy=float(history.history["accuracy"][-1]),
+        seconds=time.monotonic() - started,
+        history={k: [round(float(v), 5) for v in vals] for k, vals in history.history.items()},
+    )
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, class_names: list[str],
+             batch_size: int = 64) -> dict:
+    """Accuracy and per-class accuracy on a held-out split."""
+    probabilities = model.predict(make_dataset(x, y, batch_size, False, 0), verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    per_class = {}
+    for index, name in enumerate(class_names):
+        mask = y == index
+        per_class[name] = {"accuracy": float((predicted[mask] == index).mean()) if mask.any() else None,
+                           "support": int(mask.sum())}
+    return {"accuracy": float((predicted == y).mean()), "images": int(len(y)), "per_class": per_class}
