@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,14 @@ def _load_weights_into(model, spec: BackboneSpec, path: Path) -> None:
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist: pass an existing .weights.h5 file")
     try:
-        model.load_weights(str(path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.load_weights(str(path))
+        # Keras only warns when parts of the file match nothing: a partial load is still a mismatch.
+        skipped = [str(w.message) for w in caught if "Skipping" in str(w.message)
+                   or "freshly-initialized" in str(w.message)]
+        if skipped:
+            raise ValueError(skipped[0])
     except Exception as exc:  # Keras raises ValueError, OSError or KeyError on a mismatch
         raise WeightsError(
             f"weights file {path.name} does not fit backbone {spec.name} "

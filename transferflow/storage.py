@@ -89,8 +89,9 @@ def endpoint_label() -> str:
 def client():
     """A boto3 S3 client for the current environment, cached per endpoint and key id."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
     cache_key = (endpoint_label(), os.environ.get("AWS_ACCESS_KEY_ID"), region,
-                 os.environ.get("AWS_PROFILE"))
+                 os.environ.get("AWS_PROFILE"), hashlib.sha256(secret.encode()).hexdigest())
     with _clients_lock:
         if cache_key not in _clients:
             config = Config(

@@ -1,0 +1,107 @@
+"""The dataset stage against real servers: SeaweedFS for s3://, a local HTTP server for URLs."""
+
+import hashlib
+import http.server
+import tarfile
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+
+from tests.conftest import upload_folder
+from transferflow import storage
+from transferflow.data import PrepareOptions, load_prepared, prepare_dataset
+from transferflow.errors import ChecksumError, DatasetError
+
+OPTIONS = PrepareOptions(image_size=32, val_fraction=0.1, test_fraction=0.1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def http_root(tmp_path_factory, sample_dataset):
+    """A local HTTP server holding a .tar.gz of the sample dataset; counts its requests."""
+    root = tmp_path_factory.mktemp("www")
+    with tarfile.open(root / "shapes.tar.gz", "w:gz") as tar:
+        tar.add(sample_dataset, arcname="shapes")
+    hits = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            hits.append(self.path)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", root, hits
+    server.shutdown()
+
+
+def test_local_folder_is_prepared_split_and_stored(bucket, sample_dataset):
+    ref = prepare_dataset(str(sample_dataset), OPTIONS)
+    assert ref.class_names == ["class_0", "class_1", "class_2"]
+    assert ref.split_origin == {"val": "carved", "test": "carved"}
+    assert {split: sum(c.values()) for split, c in ref.counts.items()} == {"train": 72, "val": 9, "test": 9}
+    assert ref.uri.startswith(f"s3://{bucket}/datasets/shapes/{ref.fingerprint[:16]}/")
+    data = load_prepared(ref)
+    x, y = data.splits["train"]
+    assert x.shape == (72, 32, 32, 3) and x.dtype == np.uint8
+    assert np.bincount(y).tolist() == [24, 24, 24]
+
+
+def test_second_preparation_reuses_the_stored_copy(bucket, sample_dataset, caplog):
+    first = prepare_dataset(str(sample_dataset), OPTIONS)
+    caplog.set_level("INFO")
+    again = prepare_dataset(str(sample_dataset), OPTIONS)
+    assert again == first
+    assert "already prepared" in caplog.text
+
+
+def test_s3_folder_gives_the_same_fingerprint_as_the_local_one(bucket, sample_dataset):
+    uri = upload_folder(sample_dataset, bucket, "sources/shapes")
+    from_s3 = prepare_dataset(uri, OPTIONS)
+    local = prepare_dataset(str(sample_dataset), OPTIONS)
+    assert from_s3.fingerprint == local.fingerprint
+    assert from_s3.counts == local.counts
+
+
+def test_missing_local_dataset_is_named(bucket, tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(DatasetError, match=f"dataset '{missing}' does not exist"):
+        prepare_dataset(str(missing), OPTIONS)
+
+
+def test_missing_s3_prefix_is_named(bucket):
+    with pytest.raises(DatasetError, match=f"s3://{bucket}/no/such/ has no objects"):
+        prepare_dataset(f"s3://{bucket}/no/such/", OPTIONS)
+
+
+def test_unreadable_image_fails_before_anything_is_stored(bucket, tmp_path, sample_dataset):
+    import shutil
+
+    root = tmp_path / "broken"
+    shutil.copytree(sample_dataset, root)
+    (root / "class_1" / "zz_truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    with pytest.raises(DatasetError, match="zz_truncated.jpg is unreadable"):
+        prepare_dataset(str(root), OPTIONS)
+    assert list(storage.list_keys(bucket, "datasets/")) == []
+
+
+def test_http_archive_with_good_checksum(bucket, http_root):
+    base, root, hits = http_root
+    digest = hashlib.sha256((root / "shapes.tar.gz").read_bytes()).hexdigest()
+    ref = prepare_dataset(f"{base}/shapes.tar.gz#sha256={digest}", OPTIONS)
+    assert ref.class_names == ["class_0", "class_1", "class_2"]
+    assert "/shapes.tar.gz" in hits
+
+
+def test_http_archive_with_bad_checksum_is_refused(bucket, http_root, isolated_environment):
+    base, _, _ = http_root
+    with pytest.raises(ChecksumError, match="checksum mismatch.*expected sha256 " + "0" * 64):
+        prepare_dataset(f"{base}/shapes.tar.gz#sha256={'0' * 64}", OPTIONS)
+    leftovers = [p.name for p in (isolated_environment / "downloads").rglob("shapes.tar.gz*")]
+    assert all(name == "shapes.tar.gz" for name in leftovers) or not leftovers
+
+
+def test_http_missing_file_is_a_clear_error(bucket, http_root):
+    base, _, _ = http_root
+    with pytest.raises(DatasetError, match="HTTP 404"):
+        prepare_dataset(f"{base}/missing.tar.gz", OPTIONS)

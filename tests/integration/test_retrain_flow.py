@@ -1,0 +1,100 @@
+"""The whole retrain flow on real parts: SeaweedFS, a Prefect test server, Keras training.
+
+Data: 3 learnable classes of generated 32 px images, uploaded to S3. Weights: a randomly
+initialised VGG16 saved to a .weights.h5 file and loaded through its s3:// URI.
+"""
+
+import pytest
+
+from tests.conftest import upload_folder
+from transferflow import storage
+from transferflow.config import RetrainConfig
+from transferflow.errors import DatasetError, WeightsError
+from transferflow.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def s3_inputs(bucket, sample_dataset, random_weights):
+    storage.upload_file(random_weights, bucket, "weights/vgg16-random.weights.h5")
+    return upload_folder(sample_dataset, bucket, "sources/shapes"), f"s3://{bucket}/weights/vgg16-random.weights.h5"
+
+
+def learnable_config(dataset: str, weights: str, **overrides) -> RetrainConfig:
+    settings = dict(dataset=dataset, weights=weights, head_epochs=8, head_learning_rate=1e-2,
+                    fine_tune_epochs=1, fine_tune_gate=0.0, batch_size=16, patience=3, seed=1)
+    return RetrainConfig(**{**settings, **overrides})
+
+
+def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
+    from flows.retrain import retrain
+
+    dataset_uri, weights_uri = s3_inputs
+    config = learnable_config(dataset_uri, weights_uri)
+    result = retrain(config=config)
+
+    registry = Registry()
+    assert result == {"name": "shapes-vgg16", "version": 1,
+                      "artifact_uri": f"s3://{bucket}/models/shapes-vgg16/versions/000001/model.keras"}
+    assert registry.alias("shapes-vgg16", "latest")["version"] == 1
+    meta = registry.metadata("shapes-vgg16", 1)
+    assert meta["parameters"] == config.model_dump(mode="json")
+    assert meta["classes"] == ["class_0", "class_1", "class_2"]
+    assert meta["dataset"]["source"] == dataset_uri and len(meta["dataset"]["fingerprint"]) == 64
+    assert meta["backbone"]["weights"] == weights_uri and meta["backbone"]["weights_sha256"]
+    assert meta["image_size"] == 32 and "vgg16.preprocess_input" in meta["preprocessing"]["in_model"]
+    assert meta["gate"]["fine_tune"]["passed"] is True
+    assert meta["metrics"]["fine_tune"]["epochs_run"] == 1
+    assert meta["lineage"]["flow_run_id"]
+    assert {"tensorflow", "keras", "prefect", "boto3", "numpy"} <= set(meta["library_versions"])
+    key = "models/shapes-vgg16/versions/000001/model.keras"
+    assert storage.object_sha256(bucket, key) == (meta["artifact"]["sha256"], meta["artifact"]["size"])
+    assert meta["metrics"]["test"]["accuracy"] >= 0.6, meta["metrics"]["test"]  # chance is 1/3
+    assert list(storage.list_keys(bucket, "runs/")) == []  # staged copies cleaned up
+
+    from transferflow.model import load_from  # the registered bytes load and predict
+    model = load_from(meta["artifact"]["uri"])
+    assert model.output_shape == (None, 3)
+
+
+def test_gate_skips_fine_tuning_for_a_weak_head(prefect_server, bucket, s3_inputs):
+    from flows.retrain import retrain
+
+    config = learnable_config(*s3_inputs, head_epochs=1, head_learning_rate=1e-7,
+                              fine_tune_gate=0.99, model_name="weak-head")
+    retrain(config=config)
+    meta = Registry().metadata("weak-head", 1)
+    assert meta["gate"]["fine_tune"]["passed"] is False
+    assert "< gate 0.9900" in meta["gate"]["fine_tune"]["reason"]
+    assert meta["metrics"]["fine_tune"] is None
+    assert meta["gate"]["final_phase"] == "head"
+
+
+def test_missing_dataset_fails_before_training_and_registers_nothing(prefect_server, bucket, tmp_path):
+    from flows.retrain import retrain
+
+    with pytest.raises(DatasetError, match="does not exist"):
+        retrain(config=RetrainConfig(dataset=str(tmp_path / "nowhere"), weights="none"))
+    assert Registry().names() == []
+
+
+def test_mismatched_weights_fail_before_training(prefect_server, bucket, s3_inputs, tmp_path):
+    import keras
+
+    from flows.retrain import retrain
+
+    wrong = tmp_path / "other.weights.h5"
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(str(wrong))
+    with pytest.raises(WeightsError, match="does not fit backbone vgg16"):
+        retrain(config=learnable_config(s3_inputs[0], str(wrong)))
+    assert Registry().names() == []
+    assert list(storage.list_keys(bucket, "runs/")) == []  # no training output was staged
