@@ -7,10 +7,13 @@ from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
 
 
-@task(name="check_storage", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
-      retry_condition_fn=retry_transient)
+@task(name="check_storage")
 def check_storage() -> str:
-    """Make sure the bucket exists and answers before anything expensive starts."""
+    """Make sure the bucket exists and answers before anything expensive starts.
+
+    No task-level retries: boto3 already retries each request, and a wrong endpoint
+    should be reported in seconds, not after minutes of waiting.
+    """
     where = phases.check_storage()
     get_run_logger().info("object storage: %s", where)
     return where

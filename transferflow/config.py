@@ -34,9 +34,18 @@ class RetrainConfig(BaseModel):
         description="Backbone weights: imagenet, none, or the URI of a .weights.h5 file "
         "(local path, file:// or s3://) for air-gapped clusters.",
     )
-    image_size: int = Field(32, ge=32, le=1024, description="Images are resized to this square size (pixels).")
-    head_epochs: int = Field(10, ge=1, le=1000, description="Maximum epochs for the new head (early stopping may end sooner).")
-    fine_tune_epochs: int = Field(5, ge=0, le=1000, description="Maximum fine-tuning epochs; 0 skips fine-tuning.")
+    image_size: int = Field(
+        32, ge=32, le=1024,
+        description="Images are resized to this square size (pixels).",
+    )
+    head_epochs: int = Field(
+        10, ge=1, le=1000,
+        description="Maximum epochs for the new head (early stopping may end sooner).",
+    )
+    fine_tune_epochs: int = Field(
+        5, ge=0, le=1000,
+        description="Maximum fine-tuning epochs; 0 skips fine-tuning.",
+    )
     fine_tune_gate: float = Field(
         0.5, ge=0.0, le=1.0,
         description="Fine-tune only if the head's validation accuracy is at least this.",
@@ -46,12 +55,21 @@ class RetrainConfig(BaseModel):
         description="How many of the backbone's top blocks to unfreeze for fine-tuning (VGG16: block5 is 1).",
     )
     head_learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate for the head.")
-    fine_tune_learning_rate: float = Field(1e-5, gt=0.0, le=1.0, description="Adam learning rate for fine-tuning.")
+    fine_tune_learning_rate: float = Field(
+        1e-5, gt=0.0, le=1.0,
+        description="Adam learning rate for fine-tuning.",
+    )
     batch_size: int = Field(32, ge=1, le=4096, description="Images per training step.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout rate before the classifier layer.")
     patience: int = Field(3, ge=1, le=100, description="Early stopping: epochs without val_loss improvement.")
-    val_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of train carved out for validation when the dataset has no val split.")
-    test_fraction: float = Field(0.1, gt=0.0, lt=0.5, description="Share of train carved out for testing when the dataset has no test split.")
+    val_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5,
+        description="Share of train carved out for validation when the dataset has no val split.",
+    )
+    test_fraction: float = Field(
+        0.1, gt=0.0, lt=0.5,
+        description="Share of train carved out for testing when the dataset has no test split.",
+    )
     model_name: str | None = Field(
         None,
         description="Registry name (lowercase letters, digits, . _ -). Default: <dataset>-<backbone>.",

@@ -23,7 +23,8 @@ def fine_tune_gate(head_val_accuracy: float, threshold: float, fine_tune_epochs:
     if head_val_accuracy >= threshold:
         return GateDecision(passed=True, metric="val_accuracy", value=head_val_accuracy,
                             threshold=threshold,
-                            reason=f"head val_accuracy {head_val_accuracy:.4f} >= gate {threshold:.4f}: fine-tuning")
+                            reason=f"head val_accuracy {head_val_accuracy:.4f} >= gate "
+                            f"{threshold:.4f}: fine-tuning")
     return GateDecision(
         passed=False, metric="val_accuracy", value=head_val_accuracy, threshold=threshold,
         reason=f"head val_accuracy {head_val_accuracy:.4f} < gate {threshold:.4f}: skipping "

@@ -1,0 +1,72 @@
+"""The `transferflow` command as a user runs it: a real process, Prefect's ephemeral API."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import upload_folder
+from transferflow import storage
+
+
+def run_cli(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "transferflow.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_train_then_list_and_show(bucket, sample_dataset, random_weights, tmp_path):
+    storage.upload_file(random_weights, bucket, "w/vgg16.weights.h5")
+    dataset = upload_folder(sample_dataset, bucket, "src/shapes")
+    env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": ""}
+    trained = run_cli("train", "--dataset", dataset, "--weights", f"s3://{bucket}/w/vgg16.weights.h5",
+                      "--head-epochs", "2", "--fine-tune-epochs", "1", "--model-name", "cli-model",
+                      "--batch-size", "16", env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "registered cli-model version 1" in trained.stdout
+    assert f"s3://{bucket}/models/cli-model/versions/000001/model.keras" in trained.stdout
+    assert "head epoch 1/2" in trained.stderr + trained.stdout  # Keras progress reaches the run log
+
+    listed = run_cli("models", "list")
+    assert listed.returncode == 0
+    assert "cli-model" in listed.stdout and "latest" in listed.stdout
+    documents = json.loads(run_cli("models", "list", "--json").stdout)
+    assert [(d["name"], d["version"]) for d in documents] == [("cli-model", 1)]
+    shown = json.loads(run_cli("models", "show", "cli-model@latest", "--json").stdout)
+    assert shown == documents[0]
+    assert shown["parameters"]["head_epochs"] == 2
+    human = run_cli("models", "show", "cli-model:1")
+    assert "test acc" in human.stdout and "gate" in human.stdout
+
+
+def test_models_commands_import_neither_tensorflow_nor_prefect(bucket):
+    probe = ("import sys; from transferflow.cli import main; code = main(['models', 'list']); "
+             "heavy = [m for m in ('tensorflow', 'keras', 'prefect') if m in sys.modules]; "
+             "print('HEAVY', heavy); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout
+
+
+def test_show_unknown_model_is_a_clear_error(bucket):
+    result = run_cli("models", "show", "nobody@production")
+    assert result.returncode == 1
+    assert "nobody@production does not exist" in result.stderr
+
+
+def test_bad_flag_values_are_refused_before_anything_runs(bucket):
+    result = run_cli("train", "--image-size", "16", "--fine-tune-gate", "1.5")
+    assert result.returncode == 1
+    assert "--image-size: Input should be greater than or equal to 32" in result.stderr
+    assert "--fine-tune-gate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_endpoint_fails_fast_with_the_endpoint_named(tmp_path, s3_server):
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1",
+           "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": ""}
+    result = run_cli("train", "--dataset", str(tmp_path), "--weights", "none", env=env)
+    assert result.returncode == 1
+    assert "cannot reach object storage at http://127.0.0.1:9" in result.stderr
