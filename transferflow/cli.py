@@ -24,9 +24,10 @@ from transferflow.errors import TransferflowError
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logging.getLogger("transferflow").addHandler(handler)
+    if args.handler is not cmd_train:  # in flows, Prefect's logging setup shows our logs
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger("transferflow").addHandler(handler)
     logging.getLogger("transferflow").setLevel(logging.INFO)
     storage.load_local_env()
     try:
@@ -91,6 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k in RetrainConfig.model_fields}
     config = parse_config(values)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # The ephemeral server's usage heartbeat calls out to the internet: not on training clusters.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.retrain import retrain
 
     result = retrain(config=config)
