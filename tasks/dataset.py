@@ -1,7 +1,7 @@
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
+from tasks.policies import retry_transient
 from transferflow import phases
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
@@ -19,8 +19,9 @@ def check_storage() -> str:
     return where
 
 
-@task(name="download_dataset", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
-      retry_condition_fn=retry_transient)
+# Downloads already retry with backoff and resume inside; one task retry covers
+# a checksum mismatch (the bad file is discarded) and longer storage outages.
+@task(name="download_dataset", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def download_dataset(config: RetrainConfig) -> DatasetRef:
     """Fetch, check, decode, split and store the dataset; reuses an identical earlier preparation."""
     return phases.download_dataset(config, logger=get_run_logger())

@@ -357,7 +357,7 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
     bucket = bucket or storage.bucket_name()
     kind, folder = locate(dataset, logger)
     if kind == "builtin":
-        fingerprint, build = _builtin_source(dataset, logger)
+        fingerprint, build = _builtin_source(dataset, options.image_size, logger)
     else:
         scan = scan_folder(folder)
         if scan.ignored:
@@ -384,7 +384,7 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
     return ref
 
 
-def _builtin_source(name: str, logger):
+def _builtin_source(name: str, image_size: int, logger):
     builtin = BUILTINS[name]
     fingerprint = hashlib.sha256(f"builtin:{name}:{builtin.sha256}".encode()).hexdigest()
 
@@ -394,7 +394,9 @@ def _builtin_source(name: str, logger):
                            logger=logger)
         root = _extract_cached(archive, f"builtin-{name}")
         splits, class_names = builtin.reader(root)
-        return class_names, splits
+        if any(x.shape[1] != image_size for x, _ in splits.values()):
+            logger.info("resizing %s to %dpx", name, image_size)
+        return class_names, {s: (resize_array(x, image_size), y) for s, (x, y) in splits.items()}
 
     return fingerprint, build
 

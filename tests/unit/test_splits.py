@@ -48,3 +48,13 @@ def test_complete_splits_carves_only_what_is_missing():
     assert origin == {"val": "carved", "test": "given"}
     assert splits["test"] is given_test
     assert len(splits["val"][0]) == 4 and len(splits["train"][0]) == 36
+
+
+def test_resize_array_changes_size_and_keeps_dtype():
+    from transferflow.data import resize_array
+
+    images = np.full((3, 32, 32, 3), 77, np.uint8)
+    resized = resize_array(images, 48)
+    assert resized.shape == (3, 48, 48, 3) and resized.dtype == np.uint8
+    assert int(resized.mean()) == 77
+    assert resize_array(images, 32) is images
