@@ -60,8 +60,8 @@ def download(url: str, target: Path, checksum: Checksum | None = None, *,
                                    "Check the URL.") from None
             if attempt == attempts:
                 raise DownloadError(f"download of {url} failed after {attempts} attempts: {exc}. "
-                                   "Check the URL and network, or mirror the data to s3:// "
-                                   "and pass that URI.") from None
+                                   "Check the URL and network; without internet, pass --dataset "
+                                   "with a local folder or an s3:// copy.") from None
             delay = min(2 ** attempt, 30)
             logger.warning("download attempt %d/%d of %s failed (%s); retrying in %ds",
                            attempt, attempts, url, exc, delay)

@@ -78,44 +78,45 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
                logger=log) -> PhaseOutcome:
     """Train a new head on the frozen backbone and stage the model."""
     from transferflow import model as modeling
-    from transferflow.training import fit_phase
 
     spec = backbones.get_spec(backbone.name)
-    data = load_prepared(dataset)
     base = backbones.construct(spec, config.image_size, backbones.resolve_weights(config.weights))
     classifier = modeling.build_classifier(base, spec, len(dataset.class_names), config.dropout)
-    metrics = fit_phase(classifier, "head", data.splits["train"], data.splits["val"],
-                        epochs=config.head_epochs, learning_rate=config.head_learning_rate,
-                        batch_size=config.batch_size, patience=config.patience, seed=config.seed,
-                        logger=logger)
-    uri = f"{run_prefix(run_id)}/head.keras"
-    sha, size = modeling.save_to(classifier, uri)
-    return PhaseOutcome(phase="head", model_uri=uri, sha256=sha, size=size, metrics=metrics.as_dict())
+    return _fit_and_stage(classifier, "head", config, dataset, run_id, config.head_epochs,
+                          config.head_learning_rate, logger)
 
 
 def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, run_id: str,
               logger=log) -> FineTuneOutcome:
     """Unfreeze the top blocks, train at a low rate, keep the result only if val did not drop."""
     from transferflow import model as modeling
-    from transferflow.training import fit_phase
 
     spec = backbones.get_spec(config.backbone)
-    data = load_prepared(dataset)
     classifier = modeling.load_from(head.model_uri)
     unfrozen = modeling.unfreeze_top_blocks(classifier, spec, config.fine_tune_blocks)
     logger.info("fine-tuning %d layers of %s (top %d blocks) at learning rate %g",
                 len(unfrozen), spec.name, config.fine_tune_blocks, config.fine_tune_learning_rate)
-    metrics = fit_phase(classifier, "fine_tune", data.splits["train"], data.splits["val"],
-                        epochs=config.fine_tune_epochs, learning_rate=config.fine_tune_learning_rate,
-                        batch_size=config.batch_size, patience=config.patience, seed=config.seed,
-                        logger=logger)
-    uri = f"{run_prefix(run_id)}/fine_tune.keras"
-    sha, size = modeling.save_to(classifier, uri)
-    tuned = PhaseOutcome(phase="fine_tune", model_uri=uri, sha256=sha, size=size,
-                         metrics={**metrics.as_dict(), "unfrozen_layers": unfrozen})
-    kept = keep_fine_tuned(head.metrics["val_accuracy"], metrics.val_accuracy)
+    tuned = _fit_and_stage(classifier, "fine_tune", config, dataset, run_id, config.fine_tune_epochs,
+                           config.fine_tune_learning_rate, logger)
+    tuned.metrics["unfrozen_layers"] = unfrozen
+    kept = keep_fine_tuned(head.metrics["val_accuracy"], tuned.metrics["val_accuracy"])
     logger.info(kept.reason)
     return FineTuneOutcome(tuned=tuned, kept=kept, chosen=tuned if kept.passed else head)
+
+
+def _fit_and_stage(classifier, phase: str, config: RetrainConfig, dataset: DatasetRef, run_id: str,
+                   epochs: int, learning_rate: float, logger) -> PhaseOutcome:
+    """Train one phase on the prepared data, then stage the model under the run's prefix."""
+    from transferflow import model as modeling
+    from transferflow.training import fit_phase
+
+    data = load_prepared(dataset)
+    metrics = fit_phase(classifier, phase, data.splits["train"], data.splits["val"], epochs=epochs,
+                        learning_rate=learning_rate, batch_size=config.batch_size,
+                        patience=config.patience, seed=config.seed, logger=logger)
+    uri = f"{run_prefix(run_id)}/{phase}.keras"
+    sha, size = modeling.save_to(classifier, uri)
+    return PhaseOutcome(phase=phase, model_uri=uri, sha256=sha, size=size, metrics=metrics.as_dict())
 
 
 def evaluate_model(dataset: DatasetRef, model_uri: str, batch_size: int, logger=log) -> dict:
