@@ -5,25 +5,33 @@ import uuid
 from prefect import flow
 from prefect.runtime import flow_run
 
+from flows.naming import retrain_run_name
 from tasks.backbone import build_backbone
 from tasks.dataset import check_storage, download_dataset
 from tasks.evaluation import evaluate_model
 from tasks.registry import register_model
-from tasks.training import decide_fine_tune, fine_tune, train_head
+from tasks.remote import choose_training_target
+from tasks.reporting import announce_registration, publish_report
+from tasks.training import decide_fine_tune, run_fine_tune_phase, run_head_phase
 from transferflow.config import RetrainConfig
 from transferflow.phases import build_metadata
 
 
-@flow(name="retrain", description="Transfer-learn a classifier on a dataset and register it in S3.")
+@flow(name="retrain", flow_run_name=retrain_run_name,
+      description="Transfer-learn an image classifier on a dataset and register it in S3.")
 def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a frozen default)
     run_id = flow_run.id or uuid.uuid4().hex
     check_storage()
     dataset = download_dataset(config)
     backbone = build_backbone(config)
-    head = train_head(config, dataset, backbone, run_id)
+    target = choose_training_target(config)
+    head = run_head_phase(target, config, dataset, backbone, run_id)
     gate = decide_fine_tune(config, head)
-    fine = fine_tune(config, dataset, head, run_id) if gate.passed else None
+    fine = run_fine_tune_phase(target, config, dataset, head, run_id) if gate.passed else None
     final = fine.chosen if fine else head
     test = evaluate_model(dataset, final.model_uri, config.batch_size)
     metadata = build_metadata(config, dataset, backbone, head, gate, fine, test, flow_run.id)
-    return register_model(config, metadata, final, run_id)
+    registered = register_model(config, metadata, final, run_id)
+    announce_registration(metadata, registered)
+    publish_report(metadata, registered)
+    return registered

@@ -1,4 +1,5 @@
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 from transferflow import phases
@@ -6,14 +7,29 @@ from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
 from transferflow.gate import GateDecision, fine_tune_gate
 
-TRAIN_TIMEOUT_S = 6 * 3600  # a hung accelerator should not hold a worker forever
+
+def epoch_progress(phase: str):
+    """A progress artifact in the UI, moved after every epoch."""
+    artifact_id = create_progress_artifact(0.0, description=f"{phase} training: epochs done")
+
+    def on_epoch(done: int, total: int) -> None:
+        update_progress_artifact(artifact_id, 100.0 * done / total)
+
+    return on_epoch
 
 
-@task(name="train_head", timeout_seconds=TRAIN_TIMEOUT_S)
+def _timeout_s(config: RetrainConfig) -> float:
+    return config.training_timeout_minutes * 60.0
+
+
+# No retries on training: a failure there is a bug or bad data, not a blip. The timeout
+# keeps a hung accelerator from holding a worker forever (set per run from the config).
+@task(name="train_head")
 def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: phases.BackboneRef,
                run_id: str) -> phases.PhaseOutcome:
     """Train the new classifier head on the frozen backbone."""
-    return phases.train_head(config, dataset, backbone, run_id, logger=get_run_logger())
+    return phases.train_head(config, dataset, backbone, run_id, logger=get_run_logger(),
+                             on_epoch=epoch_progress("head"))
 
 
 @task(name="decide_fine_tune")
@@ -25,8 +41,42 @@ def decide_fine_tune(config: RetrainConfig, head: phases.PhaseOutcome) -> GateDe
     return decision
 
 
-@task(name="fine_tune", timeout_seconds=TRAIN_TIMEOUT_S)
+@task(name="fine_tune")
 def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: phases.PhaseOutcome,
               run_id: str) -> phases.FineTuneOutcome:
     """Unfreeze the top blocks and train at a low learning rate; keep only if not worse."""
-    return phases.fine_tune(config, dataset, head, run_id, logger=get_run_logger())
+    return phases.fine_tune(config, dataset, head, run_id, logger=get_run_logger(),
+                            on_epoch=epoch_progress("fine-tune"))
+
+
+def with_timeout(training_task, config: RetrainConfig):
+    """The training task with this run's timeout applied."""
+    return training_task.with_options(timeout_seconds=_timeout_s(config))
+
+
+@task(name="store_outcome", retries=2, retry_delay_seconds=[5, 30])
+def store_outcome(run_id: str, phase: str, outcome) -> str:
+    """Write the phase's outcome to S3 for the parent run (which may be on another worker)."""
+    return phases.store_outcome(run_id, phase, outcome)
+
+
+def run_head_phase(target: str, config: RetrainConfig, dataset: DatasetRef,
+                   backbone: phases.BackboneRef, run_id: str) -> phases.PhaseOutcome:
+    """The head phase, in this process or as a train/gpu subflow on the gpu pool."""
+    if target == "gpu-pool":
+        from tasks.remote import train_on_gpu_pool
+
+        return train_on_gpu_pool(config, "head", run_id, phases.PhaseOutcome,
+                                 dataset=dataset, backbone=backbone)
+    return with_timeout(train_head, config)(config, dataset, backbone, run_id)
+
+
+def run_fine_tune_phase(target: str, config: RetrainConfig, dataset: DatasetRef,
+                        head: phases.PhaseOutcome, run_id: str) -> phases.FineTuneOutcome:
+    """The fine-tune phase, in this process or as a train/gpu subflow on the gpu pool."""
+    if target == "gpu-pool":
+        from tasks.remote import train_on_gpu_pool
+
+        return train_on_gpu_pool(config, "fine_tune", run_id, phases.FineTuneOutcome,
+                                 dataset=dataset, head=head)
+    return with_timeout(fine_tune, config)(config, dataset, head, run_id)

@@ -4,7 +4,7 @@ parameters (and so the Prefect UI form) and the metadata saved with a model."""
 from __future__ import annotations
 
 import re
-from enum import Enum
+from enum import Enum, StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -17,10 +17,18 @@ Backbone = Enum("Backbone", {name.upper(): name for name in BACKBONES}, type=str
 Backbone.__doc__ = "keras.applications backbone (include_top=False)."
 
 
+class TrainOn(StrEnum):
+    """Where the training phases run."""
+
+    AUTO = "auto"  # the gpu pool's train/gpu deployment if it exists, else in-process
+    LOCAL = "local"  # in the retrain flow's own process
+    GPU_POOL = "gpu-pool"  # always through the train/gpu deployment
+
+
 class RetrainConfig(BaseModel):
     """Everything that decides what a retrain run produces."""
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+    model_config = ConfigDict(extra="forbid", use_enum_values=True, validate_default=True)
 
     dataset: str = Field(
         "cifar10",
@@ -75,6 +83,15 @@ class RetrainConfig(BaseModel):
         description="Registry name (lowercase letters, digits, . _ -). Default: <dataset>-<backbone>.",
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for splits, shuffling and initialisation.")
+    train_on: TrainOn = Field(
+        TrainOn.AUTO,
+        description="Where training runs: auto (the train/gpu deployment when it exists, else "
+        "in-process), local (in-process), gpu-pool (always the train/gpu deployment).",
+    )
+    training_timeout_minutes: int = Field(
+        360, ge=1, le=7 * 24 * 60,
+        description="A training phase running longer than this is cancelled and the run fails.",
+    )
 
     @field_validator("dataset")
     @classmethod

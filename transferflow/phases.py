@@ -7,6 +7,7 @@ Big things travel as s3:// URIs; what these functions return is small.
 from __future__ import annotations
 
 import logging
+import os
 
 from pydantic import BaseModel
 
@@ -37,6 +38,7 @@ class PhaseOutcome(BaseModel):
     sha256: str
     size: int
     metrics: dict
+    ran_on: dict = {}  # host, visible accelerators, CUDA_VISIBLE_DEVICES
 
 
 class FineTuneOutcome(BaseModel):
@@ -75,7 +77,7 @@ def build_backbone(config: RetrainConfig, logger=log) -> BackboneRef:
 
 
 def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef, run_id: str,
-               logger=log) -> PhaseOutcome:
+               logger=log, on_epoch=None) -> PhaseOutcome:
     """Train a new head on the frozen backbone and stage the model."""
     from transferflow import model as modeling
 
@@ -83,11 +85,11 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
     base = backbones.construct(spec, config.image_size, backbones.resolve_weights(config.weights))
     classifier = modeling.build_classifier(base, spec, len(dataset.class_names), config.dropout)
     return _fit_and_stage(classifier, "head", config, dataset, run_id, config.head_epochs,
-                          config.head_learning_rate, logger)
+                          config.head_learning_rate, logger, on_epoch)
 
 
 def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, run_id: str,
-              logger=log) -> FineTuneOutcome:
+              logger=log, on_epoch=None) -> FineTuneOutcome:
     """Unfreeze the top blocks, train at a low rate, keep the result only if val did not drop."""
     from transferflow import model as modeling
 
@@ -97,7 +99,7 @@ def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, ru
     logger.info("fine-tuning %d layers of %s (top %d blocks) at learning rate %g",
                 len(unfrozen), spec.name, config.fine_tune_blocks, config.fine_tune_learning_rate)
     tuned = _fit_and_stage(classifier, "fine_tune", config, dataset, run_id, config.fine_tune_epochs,
-                           config.fine_tune_learning_rate, logger)
+                           config.fine_tune_learning_rate, logger, on_epoch)
     tuned.metrics["unfrozen_layers"] = unfrozen
     kept = keep_fine_tuned(head.metrics["val_accuracy"], tuned.metrics["val_accuracy"])
     logger.info(kept.reason)
@@ -105,7 +107,7 @@ def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, ru
 
 
 def _fit_and_stage(classifier, phase: str, config: RetrainConfig, dataset: DatasetRef, run_id: str,
-                   epochs: int, learning_rate: float, logger) -> PhaseOutcome:
+                   epochs: int, learning_rate: float, logger, on_epoch) -> PhaseOutcome:
     """Train one phase on the prepared data, then stage the model under the run's prefix."""
     from transferflow import model as modeling
     from transferflow.training import fit_phase
@@ -113,10 +115,47 @@ def _fit_and_stage(classifier, phase: str, config: RetrainConfig, dataset: Datas
     data = load_prepared(dataset)
     metrics = fit_phase(classifier, phase, data.splits["train"], data.splits["val"], epochs=epochs,
                         learning_rate=learning_rate, batch_size=config.batch_size,
-                        patience=config.patience, seed=config.seed, logger=logger)
+                        patience=config.patience, seed=config.seed, logger=logger, on_epoch=on_epoch)
     uri = f"{run_prefix(run_id)}/{phase}.keras"
     sha, size = modeling.save_to(classifier, uri)
-    return PhaseOutcome(phase=phase, model_uri=uri, sha256=sha, size=size, metrics=metrics.as_dict())
+    return PhaseOutcome(phase=phase, model_uri=uri, sha256=sha, size=size, metrics=metrics.as_dict(),
+                        ran_on=runtime_info())
+
+
+def runtime_info() -> dict:
+    """Where this process trains: recorded so a user can tell a GPU run from a CPU one."""
+    import socket
+
+    import keras
+
+    devices = []
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        devices = [d.name for d in tf.config.list_logical_devices() if d.device_type != "CPU"]
+    return {"host": socket.gethostname(), "backend": keras.backend.backend(),
+            "accelerators": devices, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def outcome_key(run_id: str, phase: str) -> str:
+    return f"{run_prefix(run_id)}/{phase}.outcome.json"
+
+
+def store_outcome(run_id: str, phase: str, outcome: BaseModel) -> str:
+    """Write a training phase's outcome next to its model, for a parent run on another worker."""
+    location = storage.parse_s3_uri(outcome_key(run_id, phase))
+    storage.put_json(location.bucket, location.key, outcome.model_dump(mode="json"))
+    return location.uri
+
+
+def load_outcome(run_id: str, phase: str, model: type[BaseModel]) -> BaseModel:
+    location = storage.parse_s3_uri(outcome_key(run_id, phase))
+    found = storage.get_json(location.bucket, location.key)
+    if found is None:
+        from transferflow.errors import TrainingError
+
+        raise TrainingError(f"the {phase} training run finished without writing {location.uri}")
+    return model.model_validate(found[0])
 
 
 def evaluate_model(dataset: DatasetRef, model_uri: str, batch_size: int, logger=log) -> dict:
@@ -174,7 +213,8 @@ def register_model(config: RetrainConfig, metadata: dict, final: PhaseOutcome, r
     version = registry.register(config.model_name, final.model_uri, final.sha256, final.size,
                                 metadata, run_id)
     logger.info("registered %s version %d at %s", version.name, version.version, version.artifact_uri)
-    return {"name": version.name, "version": version.version, "artifact_uri": version.artifact_uri}
+    return {"name": version.name, "version": version.version, "artifact_uri": version.artifact_uri,
+            "aliases": sorted(a for a, v in registry.aliases(version.name).items() if v == version.version)}
 
 
 def cleanup_run(run_id: str) -> int:

@@ -7,12 +7,14 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def run_report(metadata: dict, registered: dict) -> str:
+def run_report(metadata: dict, registered: dict, curve_url: str | None = None,
+               elapsed_s: float | None = None) -> str:
     metrics, gate, params = metadata["metrics"], metadata["gate"], metadata["parameters"]
+    aliases = ", ".join(f"`{a}`" for a in registered.get("aliases", [])) or "none"
     lines = [
         f"# {registered['name']} version {registered['version']}",
         "",
-        f"- artifact: `{registered['artifact_uri']}`",
+        f"- artifact: `{registered['artifact_uri']}` (aliases: {aliases})",
         f"- dataset: `{params['dataset']}` (fingerprint `{metadata['dataset']['fingerprint'][:12]}`)",
         f"- backbone: {params['backbone']}, weights `{params['weights']}`, {params['image_size']} px",
         f"- test accuracy: **{_pct(metrics['test']['accuracy'])}** on {metrics['test']['images']} images",
@@ -24,10 +26,17 @@ def run_report(metadata: dict, registered: dict) -> str:
         m = metrics.get(phase)
         if m:
             lines.append(f"| {phase} | {m['epochs_run']} | {_pct(m['val_accuracy'])} | {m['seconds']} |")
+    if elapsed_s is not None:
+        lines.append(f"| whole run | | | {elapsed_s:.0f} |")
     lines += ["", f"**Gate:** {gate['fine_tune']['reason']}"]
     if gate.get("keep_fine_tuned"):
         lines.append(f"**Fine-tune kept?** {gate['keep_fine_tuned']['reason']}")
     lines += ["", "| class | test accuracy | images |", "|---|---|---|"]
     for name, row in metrics["test"]["per_class"].items():
         lines.append(f"| {name} | {_pct(row['accuracy'])} | {row['support']} |")
+    if curve_url:
+        lines += ["", "## Learning curve",
+                  "Accuracy (left, 0 to 1) and loss (right) per epoch; blue train, orange validation; "
+                  "the grey line marks the start of fine-tuning. The image link expires after 7 days.",
+                  "", f"![learning curve]({curve_url})"]
     return "\n".join(lines) + "\n"

@@ -13,13 +13,13 @@ import argparse
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from transferflow import daemons
 
 GRPC_OFFSET = 10000  # weed listens on port+10000 for gRPC next to each HTTP port
 READY_TIMEOUT_S = 60
@@ -92,7 +92,7 @@ def weed_command(data_dir: Path, s3_port: int, isolated: bool) -> list[str]:
 
 def start(data_dir: Path, port: int | None = None, *, access_key: str | None = None,
           secret_key: str | None = None, log_path: Path | None = None,
-          detach: bool = False) -> LocalS3:
+          pid_file: Path | None = None) -> LocalS3:
     """Start `weed mini` and wait until its S3 API answers with these credentials."""
     data_dir.mkdir(parents=True, exist_ok=True)
     isolated = port is None
@@ -104,56 +104,32 @@ def start(data_dir: Path, port: int | None = None, *, access_key: str | None = N
     env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key,
            "AWS_SECRET_ACCESS_KEY": server.secret_key}
     log_path = log_path or data_dir / "weed.log"
-    with open(log_path, "ab") as log_file:
-        server.process = subprocess.Popen(
-            weed_command(data_dir, port, isolated), env=env, stdout=log_file,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=detach)
+    server.process = daemons.spawn(weed_command(data_dir, port, isolated), log_path=log_path,
+                                   env=env, pid_file=pid_file)
     try:
-        wait_ready(server, log_path)
+        daemons.wait_until(_s3_answers(server), what="SeaweedFS", timeout=READY_TIMEOUT_S,
+                           log_path=log_path, process=server.process)
     except BaseException:
         stop_process(server.process)
         raise
     return server
 
 
-def wait_ready(server: LocalS3, log_path: Path, timeout: float = READY_TIMEOUT_S) -> None:
-    """Poll the S3 API with a signed request until it answers (a few seconds)."""
+def _s3_answers(server: LocalS3):
+    """A readiness probe: a signed request that succeeds only with these credentials."""
     import boto3
     from botocore.config import Config
 
     s3 = boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=server.access_key,
                       aws_secret_access_key=server.secret_key, region_name="us-east-1",
                       config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process is not None and server.process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"weed exited with code {server.process.returncode}:\n{tail}")
-        try:
-            s3.list_buckets()
-            return
-        except Exception:
-            time.sleep(0.3)
-    raise RuntimeError(f"SeaweedFS S3 on port {server.port} not ready after {timeout:.0f}s; see {log_path}")
+    return lambda: bool(s3.list_buckets() is not None)
 
 
 def stop_process(process: subprocess.Popen | None, timeout: float = 15) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    if process is not None and process.poll() is None:
+        daemons.stop_group(process.pid, timeout)
         process.wait()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -164,13 +140,13 @@ def read_env_file(path: Path) -> dict[str, str]:
 def up(data_dir: Path, env_file: Path, port: int) -> int:
     """Start the project's local store unless it already runs; write its settings file."""
     pid_file = data_dir / "weed.pid"
-    if pid_file.exists() and pid_alive(int(pid_file.read_text())) and env_file.exists():
-        print(f"local S3 already running (pid {pid_file.read_text().strip()}), settings in {env_file}")
+    pid = daemons.read_pid(pid_file)
+    if pid is not None and env_file.exists():
+        print(f"local S3 already running (pid {pid}), settings in {env_file}")
         return 0
     known = read_env_file(env_file) if env_file.exists() else {}
     server = start(data_dir, port, access_key=known.get("AWS_ACCESS_KEY_ID"),
-                   secret_key=known.get("AWS_SECRET_ACCESS_KEY"), detach=True)
-    pid_file.write_text(str(server.process.pid))
+                   secret_key=known.get("AWS_SECRET_ACCESS_KEY"), pid_file=pid_file)
     env_file.parent.mkdir(parents=True, exist_ok=True)
     env_file.touch(mode=0o600)
     env_file.write_text("".join(f"{k}={v}\n" for k, v in server.env().items()))
@@ -179,21 +155,8 @@ def up(data_dir: Path, env_file: Path, port: int) -> int:
 
 
 def down(data_dir: Path) -> int:
-    pid_file = data_dir / "weed.pid"
-    if not pid_file.exists():
-        print("local S3 is not running")
-        return 0
-    pid = int(pid_file.read_text())
-    if pid_alive(pid):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            if not pid_alive(pid):
-                break
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    pid_file.unlink()
-    print(f"local S3 stopped (pid {pid}); data kept in {data_dir}")
+    pid = daemons.stop_pid_file(data_dir / "weed.pid")
+    print(f"local S3 stopped (pid {pid}); data kept in {data_dir}" if pid else "local S3 is not running")
     return 0
 
 

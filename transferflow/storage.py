@@ -102,6 +102,7 @@ def client():
                 read_timeout=60,
                 max_pool_connections=32,
                 s3={"addressing_style": "path"},
+                signature_version="s3v4",  # presigned URLs: SigV4, bounded to 7 days
             )
             _clients[cache_key] = boto3.session.Session().client("s3", config=config)
         return _clients[cache_key]
@@ -307,3 +308,23 @@ def cached_download(uri: str) -> Path:
     download_file(location.bucket, location.key, target)
     stamp.write_text(etag)
     return target
+
+
+def put_bytes(bucket: str, key: str, body: bytes, content_type: str) -> None:
+    with translated("write", bucket, key):
+        client().put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+
+def presigned_get(bucket: str, key: str, expires_s: int) -> str:
+    """A time-limited GET URL (at most 7 days with SigV4). Never log it."""
+    with translated("sign", bucket, key):
+        return client().generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                               ExpiresIn=min(expires_s, 7 * 24 * 3600))
+
+
+def object_url(bucket: str, key: str) -> str:
+    """The object's plain (unsigned) URL on the configured endpoint."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        return f"{endpoint.rstrip('/')}/{bucket}/{key}"
+    return f"https://{bucket}.s3.amazonaws.com/{key}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import keras
@@ -41,11 +42,17 @@ class PhaseMetrics:
 
 
 class ProgressLog(keras.callbacks.Callback):
-    """Logs each epoch's metrics, and in-epoch progress at most every `every_s` seconds."""
+    """Logs each epoch's metrics, and in-epoch progress at most every `every_s` seconds.
 
-    def __init__(self, logger, phase: str, epochs: int, steps: int, every_s: float = 30.0):
+    `on_epoch(done, total)`, if given, is called after every epoch (e.g. to update a
+    progress bar in an orchestrator's UI).
+    """
+
+    def __init__(self, logger, phase: str, epochs: int, steps: int, every_s: float = 30.0,
+                 on_epoch: Callable[[int, int], None] | None = None):
         super().__init__()
         self.logger, self.phase, self.epochs, self.steps, self.every_s = logger, phase, epochs, steps, every_s
+        self.on_epoch = on_epoch
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = self.last = time.monotonic()
@@ -63,6 +70,8 @@ class ProgressLog(keras.callbacks.Callback):
                             if isinstance(v, (int, float)) and k != "learning_rate")
         self.logger.info("%s epoch %d/%d (%.1fs): %s", self.phase, epoch + 1, self.epochs,
                          time.monotonic() - self.epoch_started, metrics)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch + 1, self.epochs)
 
     def on_train_begin(self, logs=None):
         self.epoch = 0
@@ -86,7 +95,8 @@ def compile_for(model: keras.Model, learning_rate: float) -> None:
 
 
 def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learning_rate: float,
-              batch_size: int, patience: int, seed: int, logger=log) -> PhaseMetrics:
+              batch_size: int, patience: int, seed: int, logger=log,
+              on_epoch: Callable[[int, int], None] | None = None) -> PhaseMetrics:
     """Compile, fit with early stopping (best weights restored), then measure on val."""
     keras.utils.set_random_seed(seed)
     compile_for(model, learning_rate)  # recompile: `trainable` may have changed
@@ -101,7 +111,7 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                           restore_best_weights=True),
-            ProgressLog(logger, phase, epochs, steps),
+            ProgressLog(logger, phase, epochs, steps, on_epoch=on_epoch),
         ],
     )
     losses = history.history.get("loss", [])

@@ -4,6 +4,9 @@ Data: 3 learnable classes of generated 32 px images, uploaded to S3. Weights: a 
 initialised VGG16 saved to a .weights.h5 file and loaded through its s3:// URI.
 """
 
+import json
+import urllib.request
+
 import pytest
 
 from tests.conftest import upload_folder
@@ -43,7 +46,7 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     result = retrain(config=config)
 
     registry = Registry()
-    assert result == {"name": "shapes-vgg16", "version": 1,
+    assert result == {"name": "shapes-vgg16", "version": 1, "aliases": ["latest"],
                       "artifact_uri": f"s3://{bucket}/models/shapes-vgg16/versions/000001/model.keras"}
     assert registry.alias("shapes-vgg16", "latest")["version"] == 1
     meta = registry.metadata("shapes-vgg16", 1)
@@ -64,6 +67,30 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     from transferflow.model import load_from  # the registered bytes load and predict
     model = load_from(meta["artifact"]["uri"])
     assert model.output_shape == (None, 3)
+
+    artifacts = artifacts_of(meta["lineage"]["flow_run_id"])
+    report = artifacts["retrain-report"][0].data
+    assert "shapes-vgg16 version 1" in report and "`latest`" in report and "**Gate:**" in report
+    assert "![learning curve](http" in report and "X-Amz-Expires=604800" in report
+    assert json.loads(artifacts["per-class-accuracy"][0].data)[0]["class"] == "class_0"
+    assert "/models/shapes-vgg16/versions/000001/model.keras" in artifacts["model-artifact"][0].data
+    assert sorted(a.data for a in artifacts["progress"]) == [100.0, 100.0]  # head and fine-tune
+    curve_url = report.split("![learning curve](")[1].split(")")[0]
+    with urllib.request.urlopen(curve_url) as response:  # the presigned link works as the UI uses it
+        assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def artifacts_of(flow_run_id: str) -> dict[str, list]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    by_key_or_type: dict[str, list] = {}
+    for artifact in found:
+        by_key_or_type.setdefault(artifact.key or artifact.type, []).append(artifact)
+    return by_key_or_type
 
 
 def test_gate_skips_fine_tuning_for_a_weak_head(prefect_server, bucket, s3_inputs):

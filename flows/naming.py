@@ -1,0 +1,24 @@
+"""Flow-run names that say what ran: dataset, backbone and time."""
+
+from datetime import UTC, datetime
+
+from prefect.runtime import flow_run
+
+from transferflow.config import dataset_slug
+
+
+def _config() -> dict:
+    config = flow_run.parameters.get("config") or {}
+    return config if isinstance(config, dict) else config.model_dump()
+
+
+def retrain_run_name() -> str:
+    config = _config()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{dataset_slug(config.get('dataset', 'cifar10'))}-{config.get('backbone', 'vgg16')}-{stamp}"
+
+
+def train_run_name() -> str:
+    config = _config()
+    phase = flow_run.parameters.get("phase", "train")
+    return f"{dataset_slug(config.get('dataset', 'cifar10'))}-{config.get('backbone', 'vgg16')}-{phase}"

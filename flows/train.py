@@ -1,0 +1,31 @@
+"""The train flow: one training phase, deployed as `train/gpu` on the gpu pool.
+
+`retrain` starts it with run_deployment; inputs and outputs travel as S3 URIs.
+"""
+
+from typing import Literal
+
+from prefect import flow
+
+from flows.naming import train_run_name
+from tasks.training import fine_tune, store_outcome, train_head, with_timeout
+from transferflow.config import RetrainConfig
+from transferflow.data import DatasetRef
+from transferflow.errors import ConfigError
+from transferflow.phases import BackboneRef, PhaseOutcome
+
+
+@flow(name="train", flow_run_name=train_run_name,
+      description="One training phase (head or fine_tune) of a retrain run, on a GPU worker.")
+def train(config: RetrainConfig, dataset: DatasetRef, run_id: str,
+          phase: Literal["head", "fine_tune"] = "head", backbone: BackboneRef | None = None,
+          head: PhaseOutcome | None = None) -> str:
+    if phase == "head" and backbone is None:
+        raise ConfigError("phase head needs the backbone parameter")
+    if phase == "fine_tune" and head is None:
+        raise ConfigError("phase fine_tune needs the head parameter (the head phase's outcome)")
+    if phase == "head":
+        outcome = with_timeout(train_head, config)(config, dataset, backbone, run_id)
+    else:
+        outcome = with_timeout(fine_tune, config)(config, dataset, head, run_id)
+    return store_outcome(run_id, phase, outcome)

@@ -1,0 +1,62 @@
+from datetime import UTC, datetime
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.events import emit_event
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+
+from tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
+from transferflow import storage
+from transferflow.charts import learning_curve_png
+from transferflow.report import run_report
+
+CURVE_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
+
+
+@task(name="publish_report", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def publish_report(metadata: dict, registered: dict) -> None:
+    """The run's report in the UI: markdown summary, per-class table, model link, learning curve."""
+    name, version = registered["name"], registered["version"]
+    bucket = storage.bucket_name()
+    key = f"reports/{name}/{version:06d}/learning_curve.png"
+    histories = [m["history"] for m in (metadata["metrics"]["head"], metadata["metrics"]["fine_tune"]) if m]
+    storage.put_bytes(bucket, key, learning_curve_png(histories), "image/png")
+    curve_url = storage.presigned_get(bucket, key, CURVE_URL_LIFETIME_S)
+    elapsed = _seconds_since_flow_start()
+    create_markdown_artifact(run_report(metadata, registered, curve_url, elapsed), key="retrain-report",
+                             description=f"{name} version {version}")
+    rows = [{"class": cls, "test_accuracy": row["accuracy"], "images": row["support"]}
+            for cls, row in metadata["metrics"]["test"]["per_class"].items()]
+    create_table_artifact(rows, key="per-class-accuracy", description="per-class test accuracy")
+    location = storage.parse_s3_uri(registered["artifact_uri"])
+    create_link_artifact(storage.object_url(location.bucket, location.key), key="model-artifact",
+                         link_text=registered["artifact_uri"], description=f"{name}:{version} model.keras")
+    get_run_logger().info("report published (learning curve at s3://%s/%s)", bucket, key)
+
+
+def _seconds_since_flow_start() -> float | None:
+    if not flow_run.id:
+        return None
+    with get_client(sync_client=True) as client:
+        started = client.read_flow_run(flow_run.id).start_time
+    return (datetime.now(UTC) - started).total_seconds() if started else None
+
+
+@task(name="announce_registration")
+def announce_registration(metadata: dict, registered: dict) -> None:
+    """Emit transferflow.model.registered, for automations (deployments/prefect.yaml has one)."""
+    name, version = registered["name"], registered["version"]
+    test = metadata["metrics"]["test"]
+    emit_event(
+        event="transferflow.model.registered",
+        resource={"prefect.resource.id": f"transferflow.model.{name}",
+                  "prefect.resource.name": name, "transferflow.version": str(version)},
+        payload={"name": name, "version": version, "reference": f"{name}:{version}",
+                 "artifact_uri": registered["artifact_uri"], "test_accuracy": test["accuracy"],
+                 "val_accuracy": metadata["metrics"]["head"]["val_accuracy"],
+                 "final_phase": metadata["gate"]["final_phase"]},
+    )
+    get_run_logger().info("emitted transferflow.model.registered for %s:%d", name, version)
