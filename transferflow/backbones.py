@@ -46,7 +46,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "MobileNetV2",
             "mobilenet_v2",
             32,
-            ("Conv1", *(f"block_{i}_" for i in range(1, 17)), "Conv_1", "out_relu"),
+            ("Conv1", *(f"block_{i}_" for i in range(1, 17)), "Conv_1"),
         ),
         BackboneSpec(
             "efficientnet_b0",

@@ -83,7 +83,8 @@ def parse_config(values: dict[str, Any]) -> RetrainConfig:
         return RetrainConfig(**values)
     except ValidationError as exc:
         problems = "; ".join(
-            f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-') or 'config'}: {err['msg']}"
+            (f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: " if err["loc"] else "")
+            + err["msg"].removeprefix("Value error, ")
             for err in exc.errors())
         raise TransferflowError(f"invalid parameters: {problems}") from None
 

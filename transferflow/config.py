@@ -138,6 +138,15 @@ class RetrainConfig(BaseModel):
             self.model_name = default_model_name(self.dataset, self.backbone)
         return self
 
+    @field_validator("dataset")
+    @classmethod
+    def _no_credentials_in_urls(cls, value: str) -> str:
+        if "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("dataset URL contains credentials (user:password@): they would end up in "
+                             "logs and metadata; use a presigned URL, or S3 with credentials in the "
+                             "environment")
+        return value
+
 
 def dataset_slug(dataset: str) -> str:
     """A key-safe short name from the dataset's last path part, e.g. 'flowers'."""
@@ -148,5 +157,6 @@ def dataset_slug(dataset: str) -> str:
 
 
 def default_model_name(dataset: str, backbone: str) -> str:
-    """A registry name from the dataset and backbone, e.g. 'flowers-vgg16'."""
-    return f"{dataset_slug(dataset)}-{backbone}"
+    """A registry name from the dataset and backbone, e.g. 'flowers-vgg16' (at most 63 characters)."""
+    slug = dataset_slug(dataset)[: 62 - len(backbone)].rstrip("-._") or "dataset"
+    return f"{slug}-{backbone}"

@@ -141,15 +141,22 @@ def _fetch_url_archive(url: str, logger) -> Path:
     key = hashlib.sha256(base.encode()).hexdigest()[:16]
     archive = storage.cache_dir() / "downloads" / key / base.rsplit("/", 1)[-1]
     downloads.download(base, archive, checksum, logger=logger)
-    return _extract_cached(archive, key)
+    return _extract_cached(archive, key, discard_on_failure=True)
 
 
-def _extract_cached(archive: Path, key: str) -> Path:
+def _extract_cached(archive: Path, key: str, discard_on_failure: bool = False) -> Path:
+    """Unpack once per archive content. A downloaded archive that fails to unpack is
+    deleted, so the next run downloads it again instead of failing on the same bytes."""
     target = storage.cache_dir() / "extracted" / key
     stamp = target / ".source-sha256"
     digest = storage.sha256_file(archive)
     if not (stamp.is_file() and stamp.read_text() == digest):
-        downloads.extract(archive, target)
+        try:
+            downloads.extract(archive, target)
+        except DatasetError:
+            if discard_on_failure:
+                archive.unlink(missing_ok=True)
+            raise
         stamp.write_text(digest)
     return target
 
@@ -158,7 +165,8 @@ def _fetch_s3(uri: str, logger) -> Path:
     location = storage.parse_s3_uri(uri)
     if location.key.lower().endswith(ARCHIVE_SUFFIXES):
         archive = storage.cached_download(uri)
-        return _extract_cached(archive, hashlib.sha256(uri.encode()).hexdigest()[:16])
+        return _extract_cached(archive, hashlib.sha256(uri.encode()).hexdigest()[:16],
+                               discard_on_failure=True)
     prefix = location.key.rstrip("/") + "/" if location.key else ""
     objects = [o for o in storage.list_keys(location.bucket, prefix) if not o["Key"].endswith("/")]
     if not objects:
@@ -166,9 +174,11 @@ def _fetch_s3(uri: str, logger) -> Path:
                            "check the bucket and prefix")
     target = storage.cache_dir() / "s3" / location.bucket / prefix
     logger.info("syncing %d objects from %s", len(objects), uri)
+    wanted = {safe_join(target, o["Key"][len(prefix):], uri): o for o in objects}
+    _remove_stale(target, set(wanted))
 
-    def fetch(obj: dict) -> None:
-        local = target / obj["Key"][len(prefix):]
+    def fetch(item: tuple[Path, dict]) -> None:
+        local, obj = item
         stamp = local.with_name(local.name + ".etag")
         if local.is_file() and stamp.is_file() and stamp.read_text() == obj["ETag"]:
             return
@@ -176,14 +186,49 @@ def _fetch_s3(uri: str, logger) -> Path:
         stamp.write_text(obj["ETag"])
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(fetch, objects))
+        list(pool.map(fetch, wanted.items()))
     return target
+
+
+def safe_join(root: Path, relative: str, source: str) -> Path:
+    """root/relative, refusing names that would land outside root (.., absolute paths)."""
+    parts = Path(relative).parts
+    if not relative or Path(relative).is_absolute() or ".." in parts:
+        raise DatasetError(f"{source} holds an object named {relative!r} that would be written "
+                           "outside the dataset folder; rename or remove it")
+    return root.joinpath(*parts)
+
+
+def _remove_stale(target: Path, wanted: set[Path]) -> None:
+    """Delete local copies of objects that are gone from the bucket, so they are not trained on."""
+    if not target.is_dir():
+        return
+    for path in target.rglob("*"):
+        if path.is_file():
+            original = path.with_name(path.name.removesuffix(".etag"))
+            if original not in wanted:
+                path.unlink()
+    for folder in sorted((p for p in target.rglob("*") if p.is_dir()), reverse=True):
+        if not any(folder.iterdir()):
+            folder.rmdir()
 
 
 # ---------------------------------------------------------------- folder layout
 
-def scan_folder(root: Path) -> FolderScan:
-    """Find class folders (optionally under train/val/test) and their image files."""
+def scan_folder(root: Path, label: str | None = None) -> FolderScan:
+    """Find class folders (optionally under train/val/test) and their image files.
+
+    `label` names the dataset in error messages (the URI the user gave), if not `root`.
+    """
+    try:
+        return _scan(root)
+    except DatasetError as exc:
+        if label is None:
+            raise
+        raise DatasetError(str(exc).replace(str(root), label)) from None
+
+
+def _scan(root: Path) -> FolderScan:
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
     if split_dirs and "train" not in split_dirs:
         raise DatasetError(f"dataset {root} has {', '.join(split_dirs)}/ but no train/ folder")
@@ -314,8 +359,9 @@ def carve_splits(labels: np.ndarray, fractions: dict[str, float], seed: int,
                 f"needed to carve {' and '.join(fractions)} splits from it. Add images, or give "
                 "val/ and test/ folders.")
         start = 0
-        for name, share in fractions.items():
-            take = max(1, int(round(len(indices) * share)))
+        for position, (name, share) in enumerate(fractions.items()):
+            still_needed = len(fractions) - position - 1 + MIN_TRAIN_PER_CLASS
+            take = min(max(1, int(round(len(indices) * share))), len(indices) - start - still_needed)
             parts[name].append(indices[start:start + take])
             start += take
         parts["train"].append(indices[start:])
@@ -359,13 +405,14 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
     if kind == "builtin":
         fingerprint, build = _builtin_source(dataset, options.image_size, logger)
     else:
-        scan = scan_folder(folder)
+        scan = scan_folder(folder, label=dataset)
         if scan.ignored:
             logger.info("ignored %d files that are not images (%s)", scan.ignored, ", ".join(IMAGE_SUFFIXES))
         fingerprint = fingerprint_folder(scan)
         build = _folder_builder(scan, options.image_size, logger)
     prefix = f"datasets/{dataset_slug(dataset)}/{fingerprint[:16]}"
-    variant = f"{options.image_size}px-v{options.val_fraction}-t{options.test_fraction}-s{options.seed}"
+    variant = (f"{options.image_size}px-v{options.val_fraction}-t{options.test_fraction}"
+               f"-s{options.seed}-f{PREPARED_FORMAT}")
     manifest_key = f"{prefix}/{variant}.json"
     cached = storage.get_json(bucket, manifest_key)
     if cached is not None:
@@ -376,7 +423,7 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
                                      options.seed, class_names)
     prepared = PreparedDataset(class_names, splits)
     ref = DatasetRef(name=dataset_slug(dataset), source=dataset, fingerprint=fingerprint,
-                     uri=f"s3://{bucket}/{prefix}/{variant}-f{PREPARED_FORMAT}.npz",
+                     uri=f"s3://{bucket}/{prefix}/{variant}.npz",
                      class_names=class_names, image_size=options.image_size,
                      split_origin=origin, counts=prepared.counts())
     _store(prepared, ref, bucket, manifest_key)
@@ -392,7 +439,7 @@ def _builtin_source(name: str, image_size: int, logger):
         archive = storage.cache_dir() / "downloads" / name / builtin.url.rsplit("/", 1)[-1]
         downloads.download(builtin.url, archive, downloads.Checksum("sha256", builtin.sha256),
                            logger=logger)
-        root = _extract_cached(archive, f"builtin-{name}")
+        root = _extract_cached(archive, f"builtin-{name}", discard_on_failure=True)
         splits, class_names = builtin.reader(root)
         if any(x.shape[1] != image_size for x, _ in splits.values()):
             logger.info("resizing %s to %dpx", name, image_size)

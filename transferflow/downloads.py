@@ -4,6 +4,7 @@ and archive extraction that refuses to write outside its target."""
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import shutil
 import tarfile
@@ -11,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,41 +52,65 @@ def download(url: str, target: Path, checksum: Checksum | None = None, *,
         return target
     partial = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
+    shown = redact(url)
     for attempt in range(1, attempts + 1):
         try:
             _fetch(url, partial, logger)
             break
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
+            error = exc
+            if isinstance(exc, urllib.error.HTTPError) and exc.code == 416:  # stale partial file
+                partial.unlink(missing_ok=True)
+                continue
             if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 429:
-                raise DatasetError(f"download of {url} failed: HTTP {exc.code} {exc.reason}. "
+                raise DatasetError(f"download of {shown} failed: HTTP {exc.code} {exc.reason}. "
                                    "Check the URL.") from None
-            if attempt == attempts:
-                raise DownloadError(f"download of {url} failed after {attempts} attempts: {exc}. "
-                                   "Check the URL and network; without internet, pass --dataset "
-                                   "with a local folder or an s3:// copy.") from None
-            delay = min(2 ** attempt, 30)
-            logger.warning("download attempt %d/%d of %s failed (%s); retrying in %ds",
-                           attempt, attempts, url, exc, delay)
-            time.sleep(delay)
+            if attempt < attempts:
+                delay = min(2 ** attempt, 30)
+                logger.warning("download attempt %d/%d of %s failed (%s); retrying in %ds",
+                               attempt, attempts, shown, exc, delay)
+                time.sleep(delay)
+    else:
+        raise DownloadError(f"download of {shown} failed after {attempts} attempts: {error}. "
+                            "Check the URL and network; without internet, pass --dataset "
+                            "with a local folder or an s3:// copy.") from None
     if checksum is not None and not _matches(partial, checksum):
         actual = _digest(partial, checksum.algorithm)
         partial.unlink()
-        raise ChecksumError(f"checksum mismatch for {url}: expected {checksum.algorithm} "
+        partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
+        raise ChecksumError(f"checksum mismatch for {shown}: expected {checksum.algorithm} "
                             f"{checksum.hexdigest}, got {actual}. The file was discarded; "
                             "if the source changed on purpose, update the checksum.")
     partial.replace(target)
+    partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
     return target
 
 
+def redact(url: str) -> str:
+    """The URL without its query string, which may carry a token (presigned URLs)."""
+    return url.split("?", 1)[0] + ("?…" if "?" in url else "")
+
+
 def _fetch(url: str, partial: Path, logger) -> None:
-    """One attempt: continue from the partial file's size with a Range request."""
+    """One attempt: continue from the partial file's size with a Range request.
+
+    If-Range makes the server send the whole file again if it changed since the
+    partial bytes were fetched, so two versions are never spliced together.
+    """
+    validator_file = partial.with_name(partial.name + ".validator")
     offset = partial.stat().st_size if partial.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "transferflow"})
-    if offset:
+    if offset and validator_file.is_file():
         request.add_header("Range", f"bytes={offset}-")
+        request.add_header("If-Range", validator_file.read_text())
+    else:
+        offset = 0
     with urllib.request.urlopen(request, timeout=60) as response:
-        if offset and response.status != 206:  # server ignored Range: start over
+        if offset and response.status != 206:  # server ignored Range or the file changed
             offset = 0
+        validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
+        if validator:
+            validator_file.write_text(validator)
         total = _total_size(response, offset)
         mode = "ab" if offset else "wb"
         with open(partial, mode) as out:
@@ -108,7 +134,7 @@ def _copy_with_progress(response, out, url: str, done: int, total: int | None, l
         if now - last >= PROGRESS_EVERY_S:
             rate = (done - start_bytes) / max(now - started, 1e-6) / 1e6
             share = f" ({100 * done / total:.0f}% of {total / 1e6:.1f} MB)" if total else ""
-            logger.info("downloading %s: %.1f MB%s at %.1f MB/s", url, done / 1e6, share, rate)
+            logger.info("downloading %s: %.1f MB%s at %.1f MB/s", redact(url), done / 1e6, share, rate)
             last = now
 
 
@@ -132,13 +158,16 @@ def extract(archive: Path, target: Path, max_bytes: int = 20 << 30, max_files: i
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     name = archive.name.lower()
-    if name.endswith(".zip"):
-        _extract_zip(archive, staging, max_bytes, max_files)
-    elif name.endswith((".tar", ".tar.gz", ".tgz")):
-        _extract_tar(archive, staging, max_bytes, max_files)
-    else:
-        raise DatasetError(f"{archive.name}: unsupported archive type; use .tar.gz, .tgz, .tar or .zip")
-    staging.replace(target)
+    try:
+        if name.endswith(".zip"):
+            _extract_zip(archive, staging, max_bytes, max_files)
+        elif name.endswith((".tar", ".tar.gz", ".tgz")):
+            _extract_tar(archive, staging, max_bytes, max_files)
+        else:
+            raise DatasetError(f"{archive.name}: unsupported archive type; use .tar.gz, .tgz, .tar or .zip")
+        staging.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -164,7 +193,7 @@ def _extract_tar(archive: Path, staging: Path, max_bytes: int, max_files: int) -
                 if total > max_bytes:
                     raise DatasetError(f"archive {archive.name} unpacks to more than {max_bytes} bytes")
             tar.extractall(staging, members=members, filter="data")
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DatasetError(f"archive {archive.name} is corrupt or truncated: {exc}") from None
 
 
@@ -182,5 +211,7 @@ def _extract_zip(archive: Path, staging: Path, max_bytes: int, max_files: int) -
                     raise DatasetError(f"archive {archive.name} member {info.filename!r} is a "
                                        "symlink; refusing it")
             zf.extractall(staging)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, zlib.error, EOFError) as exc:
         raise DatasetError(f"archive {archive.name} is corrupt or truncated: {exc}") from None
+    except (RuntimeError, NotImplementedError) as exc:  # encrypted members, unknown compression
+        raise DatasetError(f"archive {archive.name} cannot be unpacked: {exc}") from None

@@ -60,6 +60,11 @@ def unfreeze_top_blocks(model: keras.Model, spec: BackboneSpec, blocks: int) -> 
         layer.trainable = wanted
         if wanted and layer.weights:
             unfrozen.append(layer.name)
+    if not unfrozen:
+        from transferflow.errors import ConfigError
+
+        raise ConfigError(f"fine_tune_blocks={blocks} unfreezes no weights of {spec.name} "
+                          f"(blocks {list(top)}); raise fine_tune_blocks")
     return unfrozen
 
 

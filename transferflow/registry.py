@@ -78,7 +78,7 @@ class Registry:
         finish is reused, and a finished one is returned as is.
         """
         _check_name(name)
-        version = self._reserve(name, run_id)
+        version = self._reserve(name, run_id, sha256)
         done = storage.get_json(self.bucket, f"{version.prefix}/metadata.json")
         if done is None:
             self._publish(version, source_uri, sha256, size, metadata, run_id)
@@ -87,17 +87,23 @@ class Registry:
                             only_forward=(alias == "latest"), run_id=run_id)
         return version
 
-    def _reserve(self, name: str, run_id: str) -> ModelVersion:
+    def _reserve(self, name: str, run_id: str, sha256: str) -> ModelVersion:
+        """Reuse this run's claim for these same bytes (a retry), else claim the next number.
+
+        A re-run that trained different bytes gets a new version instead of being
+        silently folded into the earlier one.
+        """
         claims = self._claims(name)
         for number, claim in claims.items():
-            if claim.get("run_id") == run_id:
+            if claim.get("run_id") == run_id and claim.get("sha256") == sha256:
                 return ModelVersion(name, number, self.bucket)
         number = max(claims, default=0) + 1
         for _ in range(MAX_RACE_ATTEMPTS):
             version = ModelVersion(name, number, self.bucket)
             try:
                 storage.put_json(self.bucket, f"{version.prefix}/claim.json",
-                                 {"run_id": run_id, "claimed_at": now()}, if_none_match=True)
+                                 {"run_id": run_id, "sha256": sha256, "claimed_at": now()},
+                                 if_none_match=True)
                 return version
             except PreconditionFailed:
                 number += 1
@@ -171,9 +177,10 @@ class Registry:
     def versions(self, name: str) -> list[int]:
         """Published versions only: a version is visible once its metadata exists."""
         prefix = f"{MODELS}/{name}/versions/"
-        return sorted(int(entry["Key"][len(prefix):].split("/")[0])
-                      for entry in storage.list_keys(self.bucket, prefix)
-                      if entry["Key"].endswith("/metadata.json"))
+        numbers = (entry["Key"][len(prefix):].split("/")[0]
+                   for entry in storage.list_keys(self.bucket, prefix)
+                   if entry["Key"].endswith("/metadata.json"))
+        return sorted(int(n) for n in numbers if n.isdigit())
 
     def metadata(self, name: str, version: int) -> dict | None:
         prefix = ModelVersion(name, version, self.bucket).prefix

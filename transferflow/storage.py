@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 
 import boto3
 import botocore.exceptions
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 
 from transferflow.errors import StorageError
@@ -52,9 +54,17 @@ def parse_s3_uri(uri: str) -> S3Location:
     if not uri.startswith("s3://"):
         raise StorageError(f"{uri!r} is not an s3:// URI")
     bucket, _, key = uri[5:].partition("/")
-    if len(bucket) < 3:
-        raise StorageError(f"{uri!r} has no valid bucket name (at least 3 characters)")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise StorageError(f"{uri!r} has no valid bucket name (3-63 lowercase letters, digits, '.', '-')")
     return S3Location(bucket, key)
+
+
+def parse_s3_object_uri(uri: str) -> S3Location:
+    """Like parse_s3_uri, for URIs that must name an object (not just a bucket)."""
+    location = parse_s3_uri(uri)
+    if not location.key or location.key.endswith("/"):
+        raise StorageError(f"{uri!r} names no object: use s3://bucket/path/to/file")
+    return location
 
 
 def load_local_env(path: Path = LOCAL_ENV_FILE) -> bool:
@@ -123,15 +133,19 @@ def translated(action: str, bucket: str, key: str = "") -> Iterator[None]:
             f"{where}: {type(exc).__name__}. Check AWS_ENDPOINT_URL, or start the local "
             "store with `make storage-up`."
         ) from None
-    except botocore.exceptions.NoCredentialsError:
+    except (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError):
         raise StorageError(
-            f"no S3 credentials found to {action} {where}: set AWS_ACCESS_KEY_ID and "
+            f"no complete S3 credentials found to {action} {where}: set both AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run `make storage-up` for the local store."
         ) from None
+    except S3UploadFailedError as exc:
+        raise StorageError(f"could not {action} {where} at {endpoint_label()}: "
+                           f"{_without_secrets(str(exc))}") from None
     except botocore.exceptions.ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code == "PreconditionFailed" or status == 412:
+        # 412: the condition failed; 409: AWS's answer to two conditional writes at once.
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
             raise PreconditionFailed(f"conditional write to {where} lost to another writer") from None
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
             raise StorageError(
@@ -143,6 +157,14 @@ def translated(action: str, bucket: str, key: str = "") -> Iterator[None]:
                 f"bucket {bucket!r} does not exist at {endpoint_label()}: create it or fix the URI"
             ) from None
         raise StorageError(f"could not {action} {where} at {endpoint_label()}: {code or status}") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StorageError(f"could not {action} {where} at {endpoint_label()}: "
+                           f"{type(exc).__name__}: {_without_secrets(str(exc))}") from None
+
+
+def _without_secrets(text: str) -> str:
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    return text.replace(secret, "***") if secret else text
 
 
 def ensure_bucket(bucket: str | None = None) -> str:
@@ -263,9 +285,10 @@ def object_sha256(bucket: str, key: str) -> tuple[str, int]:
     size = 0
     with translated("verify", bucket, key):
         body = client().get_object(Bucket=bucket, Key=key)["Body"]
-        for chunk in iter(lambda: body.read(1 << 20), b""):
-            digest.update(chunk)
-            size += len(chunk)
+        with contextlib.closing(body):
+            for chunk in iter(lambda: body.read(1 << 20), b""):
+                digest.update(chunk)
+                size += len(chunk)
     return digest.hexdigest(), size
 
 
@@ -296,7 +319,7 @@ def cache_dir() -> Path:
 
 def cached_download(uri: str) -> Path:
     """Download an s3:// object into the cache, reusing the copy while its ETag is unchanged."""
-    location = parse_s3_uri(uri)
+    location = parse_s3_object_uri(uri)
     info = head(location.bucket, location.key)
     if info is None:
         raise StorageError(f"{uri} does not exist at {endpoint_label()}: check the URI")

@@ -63,6 +63,13 @@ def test_s3_folder_gives_the_same_fingerprint_as_the_local_one(bucket, sample_da
     assert from_s3.counts == local.counts
 
 
+def test_objects_removed_from_s3_are_not_trained_on(bucket, sample_dataset):
+    uri = upload_folder(sample_dataset, bucket, "sources/shrinking")
+    assert len(prepare_dataset(uri, OPTIONS).class_names) == 3
+    storage.delete_prefix(bucket, "sources/shrinking/class_2/")
+    assert prepare_dataset(uri, OPTIONS).class_names == ["class_0", "class_1"]
+
+
 def test_missing_local_dataset_is_named(bucket, tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(DatasetError, match=f"dataset '{missing}' does not exist"):
@@ -99,6 +106,39 @@ def test_http_archive_with_bad_checksum_is_refused(bucket, http_root, isolated_e
         prepare_dataset(f"{base}/shapes.tar.gz#sha256={'0' * 64}", OPTIONS)
     leftovers = [p.name for p in (isolated_environment / "downloads").rglob("shapes.tar.gz*")]
     assert all(name == "shapes.tar.gz" for name in leftovers) or not leftovers
+
+
+def test_download_resumes_after_a_dropped_connection(tmp_path, sample_dataset):
+    """A server that cuts the first response short: the retry asks for the rest (Range)."""
+    from transferflow.downloads import Checksum, download
+
+    payload = bytes(range(256)) * 4000
+    requests = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+            requests.append(start)
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(payload) - start))
+            self.send_header("ETag", '"v1"')
+            self.end_headers()
+            body = payload[start:]
+            self.wfile.write(body[: len(body) // 2] if len(requests) == 1 else body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/blob.tar"
+        digest = Checksum("sha256", hashlib.sha256(payload).hexdigest())
+        path = download(url, tmp_path / "blob.tar", digest)
+    finally:
+        server.shutdown()
+    assert path.read_bytes() == payload
+    assert requests[0] == 0 and requests[1] == len(payload) // 2
 
 
 def test_http_missing_file_is_a_clear_error(bucket, http_root):

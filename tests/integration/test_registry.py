@@ -81,3 +81,12 @@ def test_latest_never_moves_backwards(bucket):
 def test_alias_on_missing_version_is_refused(bucket):
     with pytest.raises(RegistryError, match="not a registered version"):
         Registry().move_alias("ghost", "production", 3, reason="x")
+
+
+def test_rerun_of_a_run_with_new_bytes_gets_a_new_version(bucket):
+    first = stage(bucket, "runs/r/a.keras", b"first attempt")
+    second = stage(bucket, "runs/r/b.keras", b"second attempt, retrained")
+    v1 = Registry().register("rerun", *first, {}, "same-flow-run")
+    v2 = Registry().register("rerun", *second, {}, "same-flow-run")
+    assert (v1.version, v2.version) == (1, 2)
+    assert Registry().metadata("rerun", 2)["artifact"]["sha256"] == second[1]

@@ -62,3 +62,14 @@ def test_default_model_name_comes_from_dataset(dataset, name):
 def test_config_round_trips_through_json():
     config = RetrainConfig(dataset="/x", head_epochs=2, weights="none")
     assert RetrainConfig.model_validate_json(config.model_dump_json()) == config
+
+
+def test_default_model_name_fits_the_registry_limit():
+    config = RetrainConfig(dataset="/data/" + "x" * 80, backbone="efficientnet_b0")
+    assert len(config.model_name) <= 63
+    assert config.model_name.endswith("-efficientnet_b0")
+
+
+def test_credentials_in_dataset_urls_are_refused():
+    with pytest.raises(ValidationError, match="contains credentials"):
+        RetrainConfig(dataset="https://alice:s3cr3t@example.org/x.tar.gz")

@@ -86,3 +86,26 @@ def test_cifar10_binary_reader(tmp_path):
     raw = np.fromfile(base / "data_batch_1.bin", dtype=np.uint8).reshape(-1, 3073)
     assert x[0, 0, 1, 2] == raw[0, 1 + 2048 + 1]  # blue plane, row 0, column 1
     assert splits["test"][0].shape == (4, 32, 32, 3)
+
+
+@pytest.mark.parametrize("name", ["../x.png", "/etc/x.png", "a/../../x.png"])
+def test_object_names_cannot_escape_the_dataset_folder(tmp_path, name):
+    from transferflow.data import safe_join
+
+    with pytest.raises(DatasetError, match="outside the dataset folder"):
+        safe_join(tmp_path, name, "s3://b/p/")
+    assert safe_join(tmp_path, "cat/1.png", "s3://b/p/") == tmp_path / "cat" / "1.png"
+
+
+def test_failed_extraction_leaves_no_staging_folder(tmp_path):
+    archive = make_tar(tmp_path / "bad.tar.gz", [file_member("../evil.png")])
+    with pytest.raises(DatasetError):
+        extract(archive, tmp_path / "out")
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.tar.gz"]
+
+
+def test_redact_hides_query_tokens():
+    from transferflow.downloads import redact
+
+    assert redact("https://h/x.tgz?X-Amz-Signature=abc") == "https://h/x.tgz?…"
+    assert redact("https://h/x.tgz") == "https://h/x.tgz"

@@ -58,3 +58,9 @@ def test_resize_array_changes_size_and_keeps_dtype():
     assert resized.shape == (3, 48, 48, 3) and resized.dtype == np.uint8
     assert int(resized.mean()) == 77
     assert resize_array(images, 32) is images
+
+
+@pytest.mark.parametrize("val, test", [(0.38, 0.38), (0.45, 0.3), (0.49, 0.49)])
+def test_carving_always_leaves_training_images(val, test):
+    parts = carve_splits(labels([4, 5, 3]), {"val": val, "test": test}, seed=0, class_names=NAMES)
+    assert np.bincount(labels([4, 5, 3])[parts["train"]], minlength=3).min() >= 1
