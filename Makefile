@@ -11,17 +11,33 @@ S3_ENV := .local/s3.env
 S3_PORT ?= 8333
 ARGS ?=
 PYTEST_ARGS ?=
+PREFECT_PORT ?= 4200
+DEMO_DIR := .local/demo
+DEMO_ARGS := --dataset $(DEMO_DIR)/shapes --weights $(DEMO_DIR)/vgg16-random.weights.h5 \
+	--head-epochs 8 --head-learning-rate 0.01 --fine-tune-epochs 2
+DEMO_PARAMS := {"dataset": "$(CURDIR)/$(DEMO_DIR)/shapes", \
+	"weights": "$(CURDIR)/$(DEMO_DIR)/vgg16-random.weights.h5", "head_epochs": 8, \
+	"head_learning_rate": 0.01, "fine_tune_epochs": 2}
+# Without PARAMS, `make trigger` runs the offline demo configuration; PARAMS='{}' means
+# the production defaults (CIFAR-10 from its URL, ImageNet weights).
+PARAMS ?= $(DEMO_PARAMS)
+DEPLOYMENT ?= retrain/manual
+STACK := $(BIN)/python -m transferflow.stack --port $(PREFECT_PORT)
+# The local stack's server, unless PREFECT_API_URL points at another one.
+STACK_API = $${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 # True when the environment already names an object store (cloud or other).
 S3_CONFIGURED := $(strip $(AWS_ENDPOINT_URL)$(AWS_ENDPOINT_URL_S3)$(AWS_ACCESS_KEY_ID)$(AWS_PROFILE))
 
-.PHONY: help venv run demo models storage-up storage-down test test-unit lint clean
+.PHONY: help venv run demo demo-data models storage-up storage-down test test-unit lint clean \
+	server pools worker-cpu worker-gpu deploy trigger ui stack-up stack-down stack-status logs
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: ARGS='--dataset DIR ...' (run), PYTEST_ARGS (test), S3_PORT (storage-up)"
+	@echo "  variables: ARGS='--dataset DIR ...' (run), PARAMS='{...}' DEPLOYMENT (trigger),"
+	@echo "             PYTEST_ARGS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui)"
 
 venv: $(STAMP) ## create .venv and install transferflow with its dev tools
 
@@ -38,12 +54,15 @@ ifeq ($(S3_CONFIGURED),)
 endif
 	$(BIN)/transferflow train $(ARGS)
 
-demo: venv ## offline demo: generate a small dataset and random weights, then retrain on them
-	$(BIN)/python -m transferflow.samples .local/demo/shapes --classes 3 --per-class 40 \
-		--weights .local/demo/vgg16-random.weights.h5
-	@$(MAKE) --no-print-directory run ARGS="--dataset .local/demo/shapes \
-		--weights .local/demo/vgg16-random.weights.h5 --head-epochs 8 --head-learning-rate 0.01 \
-		--fine-tune-epochs 2 $(ARGS)"
+demo: venv demo-data ## offline demo: retrain on generated images with random weights
+	@$(MAKE) --no-print-directory run ARGS="$(DEMO_ARGS) $(ARGS)"
+
+demo-data: $(DEMO_DIR)/.done ## generate the demo's images and random VGG16 weights in .local/demo
+
+$(DEMO_DIR)/.done: | venv
+	$(BIN)/python -m transferflow.samples $(DEMO_DIR)/shapes --classes 3 --per-class 40 \
+		--weights $(DEMO_DIR)/vgg16-random.weights.h5
+	@touch $@
 
 models: venv ## list registered models and versions
 	$(BIN)/transferflow models list
@@ -54,6 +73,44 @@ storage-up: venv ## start the local S3 server (SeaweedFS, loopback, credentials)
 storage-down: ## stop the local S3 server (its data stays in .local/s3)
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m transferflow.s3server down --dir $(S3_DIR); fi
 
+server: venv ## start `prefect server` (SQLite in .local/prefect, loopback) and wait until ready
+	$(STACK) server
+
+pools: venv ## create or update the cpu and gpu work pools (idempotent)
+	$(STACK) pools
+
+worker-cpu: venv ## start a process worker for the cpu pool (background, log in .local/prefect)
+	$(STACK) worker --pool cpu
+
+worker-gpu: venv ## start a process worker for the gpu pool, one training run at a time
+	$(STACK) worker --pool gpu
+
+deploy: venv ## create or update the deployments in deployments/prefect.yaml
+	$(STACK) deploy
+
+trigger: venv $(if $(filter file,$(origin PARAMS)),demo-data) ## run retrain/manual and watch it (PARAMS='{...}')
+	PREFECT_API_URL=$(STACK_API) $(BIN)/prefect deployment run $(DEPLOYMENT) \
+		--param config='$(PARAMS)' --watch
+
+ui: ## print the Prefect UI's URL
+	@echo "http://127.0.0.1:$(PREFECT_PORT)"
+
+stack-up: venv ## storage, server, pools, workers and deployments, all in the background
+ifeq ($(S3_CONFIGURED),)
+	@$(MAKE) --no-print-directory storage-up
+endif
+	$(STACK) up
+
+stack-down: ## stop workers, server and the local storage
+	@if [ -x $(BIN)/python ]; then $(STACK) down; fi
+	@$(MAKE) --no-print-directory storage-down
+
+stack-status: venv ## which stack processes run
+	@$(STACK) status
+
+logs: venv ## the last lines of the server's and workers' logs
+	@$(STACK) logs
+
 test: venv ## run the whole test suite (starts its own S3 and Prefect servers)
 	$(BIN)/pytest --durations=8 $(PYTEST_ARGS)
 
@@ -63,5 +120,5 @@ test-unit: venv ## fast tests only: no servers, no training
 lint: venv ## ruff
 	$(BIN)/ruff check .
 
-clean: storage-down ## remove .venv and .local (the local store's data too)
+clean: stack-down ## remove .venv and .local (the local store's and Prefect's data too)
 	rm -rf $(VENV) .local .pytest_cache .ruff_cache *.egg-info

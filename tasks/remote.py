@@ -46,8 +46,7 @@ def train_on_gpu_pool(config: RetrainConfig, phase: str, run_id: str, outcome_ty
     parameters = {"config": config.model_dump(mode="json"), "phase": phase, "run_id": run_id,
                   **{k: v.model_dump(mode="json") for k, v in inputs.items()}}
     child = run_deployment(TRAIN_DEPLOYMENT, parameters=parameters, as_subflow=True,
-                           timeout=config.training_timeout_minutes * 60.0, poll_interval=2,
-                           flow_run_name=f"{config.model_name}-{phase}")
+                           timeout=config.training_timeout_minutes * 60.0, poll_interval=2)
     state = child.state
     if state is None or not state.is_final():
         with get_client(sync_client=True) as client:

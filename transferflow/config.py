@@ -134,9 +134,15 @@ class RetrainConfig(BaseModel):
             )
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError("val_fraction + test_fraction must stay below 0.8 to leave data to train on")
-        if self.model_name is None:
-            self.model_name = default_model_name(self.dataset, self.backbone)
         return self
+
+    @property
+    def registry_name(self) -> str:
+        """The model's name in the registry: model_name, or <dataset>-<backbone> when unset.
+
+        Derived rather than stored, so a form that changes the dataset gets a matching name.
+        """
+        return self.model_name or default_model_name(self.dataset, self.backbone)
 
     @field_validator("dataset")
     @classmethod

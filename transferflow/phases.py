@@ -200,6 +200,7 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
             "resize": "bilinear with antialias to image_size x image_size",
             "in_model": backbone.preprocessing + " (a BackbonePreprocess layer inside the model)",
         },
+        "training": {"head": head.ran_on, "fine_tune": fine.tuned.ran_on if fine else None},
         "lineage": {"flow_run_id": flow_run_id, "staged_model_uri": final.model_uri},
     }
 
@@ -210,7 +211,7 @@ def register_model(config: RetrainConfig, metadata: dict, final: PhaseOutcome, r
     from transferflow.registry import Registry
 
     registry = Registry()
-    version = registry.register(config.model_name, final.model_uri, final.sha256, final.size,
+    version = registry.register(config.registry_name, final.model_uri, final.sha256, final.size,
                                 metadata, run_id)
     logger.info("registered %s version %d at %s", version.name, version.version, version.artifact_uri)
     return {"name": version.name, "version": version.version, "artifact_uri": version.artifact_uri,
@@ -221,3 +222,36 @@ def cleanup_run(run_id: str) -> int:
     """Remove a run's staged models once the registry holds its copy."""
     location = storage.parse_s3_uri(run_prefix(run_id))
     return storage.delete_prefix(location.bucket, location.key + "/")
+
+
+def reproduce_evaluation(reference: str, tolerance: float = 0.0, logger=log) -> dict:
+    """Download a registered version, check its bytes, and re-measure its test accuracy.
+
+    Fails if the artifact does not match its recorded sha256 or the accuracy moved by
+    more than `tolerance`.
+    """
+    from transferflow import model as modeling
+    from transferflow.data import PreparedDataset
+    from transferflow.errors import RegistryError
+    from transferflow.registry import Registry
+    from transferflow.training import evaluate
+
+    registry = Registry()
+    name, version = registry.resolve(reference)
+    meta = registry.metadata(name, version)
+    path = storage.cached_download(meta["artifact"]["uri"])
+    if storage.sha256_file(path) != meta["artifact"]["sha256"]:
+        path.unlink()
+        raise RegistryError(f"{name}:{version} artifact does not match its recorded sha256: "
+                            "the stored model was changed after registration")
+    data = PreparedDataset.load(storage.cached_download(meta["dataset"]["prepared_uri"]))
+    x_test, y_test = data.splits["test"]
+    result = evaluate(modeling.load_classifier(str(path)), x_test, y_test, meta["classes"])
+    recorded = meta["metrics"]["test"]["accuracy"]
+    logger.info("%s:%d test accuracy recorded %.4f, reproduced %.4f", name, version, recorded,
+                result["accuracy"])
+    if abs(result["accuracy"] - recorded) > tolerance:
+        raise RegistryError(f"{name}:{version} reproduces test accuracy {result['accuracy']:.4f}, "
+                            f"not the recorded {recorded:.4f}")
+    return {"reference": f"{name}:{version}", "sha256": meta["artifact"]["sha256"],
+            "recorded": recorded, "reproduced": result["accuracy"]}

@@ -11,7 +11,7 @@ def test_defaults_are_the_documented_ones():
     assert config.weights == "imagenet"
     assert config.fine_tune_learning_rate == 1e-5
     assert config.fine_tune_blocks == 1
-    assert config.model_name == "cifar10-vgg16"
+    assert config.model_name is None and config.registry_name == "cifar10-vgg16"
 
 
 @pytest.mark.parametrize("field, value, fragment", [
@@ -56,7 +56,7 @@ def test_weights_uri_forms_are_accepted():
 ])
 def test_default_model_name_comes_from_dataset(dataset, name):
     assert default_model_name(dataset, "vgg16") == name
-    assert RetrainConfig(dataset=dataset).model_name == name
+    assert RetrainConfig(dataset=dataset).registry_name == name
 
 
 def test_config_round_trips_through_json():
@@ -66,8 +66,8 @@ def test_config_round_trips_through_json():
 
 def test_default_model_name_fits_the_registry_limit():
     config = RetrainConfig(dataset="/data/" + "x" * 80, backbone="efficientnet_b0")
-    assert len(config.model_name) <= 63
-    assert config.model_name.endswith("-efficientnet_b0")
+    assert len(config.registry_name) <= 63
+    assert config.registry_name.endswith("-efficientnet_b0")
 
 
 def test_credentials_in_dataset_urls_are_refused():

@@ -1,0 +1,132 @@
+"""The deployment path on the real stack: SeaweedFS, `prefect server start`, the cpu and
+gpu pools with one process worker each, and the deployments from deployments/prefect.yaml.
+Runs are created through the REST API, the path the Prefect UI uses."""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.conftest import upload_folder
+from transferflow import daemons, s3server, storage
+from transferflow.registry import Registry
+from transferflow.stack import Stack, api, deployments, down, up
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack_bucket(s3_server):
+    name = f"stack-{uuid.uuid4().hex[:10]}"
+    storage.ensure_bucket(name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, stack_bucket):
+    port = s3server.free_ports(1)[0]
+    stack = Stack(home=tmp_path_factory.mktemp("prefect"), port=port, poll_seconds=2,
+                  worker_env={"TRANSFERFLOW_BUCKET": stack_bucket})
+    try:
+        up(stack)
+        yield stack
+    finally:
+        pids = [daemons.read_pid(stack.pid_file(n)) for n in ("server", "worker-cpu", "worker-gpu")]
+        down(stack)
+        for pid in filter(None, pids):  # nothing left behind: not the services, not their children
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pid, 0)
+
+
+def deployment_id(stack: Stack, name: str) -> str:
+    flow, _, deployment = name.partition("/")
+    return next(d["id"] for d in deployments(stack) if d["flow_name"] == flow and d["name"] == deployment)
+
+
+def create_run(stack: Stack, name: str, parameters: dict) -> dict:
+    return api(stack, "POST", f"/deployments/{deployment_id(stack, name)}/create_flow_run",
+               {"parameters": parameters})
+
+
+def wait_final(stack: Stack, run_id: str, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = api(stack, "GET", f"/flow_runs/{run_id}")
+        if run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return run
+        time.sleep(2)
+    raise AssertionError(f"flow run {run_id} not finished after {timeout}s")
+
+
+def flow_runs_of(stack: Stack, flow_name: str) -> list[dict]:
+    flows = {f["name"]: f["id"] for f in api(stack, "POST", "/flows/filter", {})}
+    if flow_name not in flows:
+        return []
+    return api(stack, "POST", "/flow_runs/filter", {"flows": {"id": {"any_": [flows[flow_name]]}}})
+
+
+def test_deployments_and_schedule_are_in_place(stack):
+    names = {f"{d['flow_name']}/{d['name']}": d for d in deployments(stack)}
+    assert {"retrain/manual", "retrain/scheduled", "train/gpu", "evaluate/on-registration"} <= set(names)
+    assert all(d["enforce_parameter_schema"] for d in names.values())
+    [schedule] = names["retrain/scheduled"]["schedules"]
+    assert schedule["schedule"]["cron"] == "0 3 * * 1" and schedule["active"]
+    assert names["retrain/manual"]["schedules"] == []
+    assert names["train/gpu"]["work_pool_name"] == "gpu"
+    config_schema = names["retrain/manual"]["parameter_openapi_schema"]["definitions"]["RetrainConfig"]
+    assert config_schema["properties"]["head_epochs"]["description"]
+    backbone = names["retrain/manual"]["parameter_openapi_schema"]["definitions"]["Backbone"]
+    assert "vgg16" in backbone["enum"]
+
+
+def test_bad_parameters_are_refused_at_trigger_time(stack):
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        create_run(stack, "retrain/manual", {"config": {"image_size": 8, "backbone": "alexnet"}})
+    assert refused.value.code in (409, 422)
+    assert "image_size" in refused.value.read().decode()
+
+
+def test_manual_run_trains_on_the_gpu_pool_and_registers(stack, stack_bucket, sample_dataset,
+                                                         random_weights):
+    storage.upload_file(random_weights, stack_bucket, "weights/vgg16.weights.h5")
+    dataset = upload_folder(sample_dataset, stack_bucket, "sources/shapes")
+    config = {"dataset": dataset, "weights": f"s3://{stack_bucket}/weights/vgg16.weights.h5",
+              "head_epochs": 4, "head_learning_rate": 0.01, "fine_tune_epochs": 1,
+              "fine_tune_gate": 0.0, "batch_size": 16, "model_name": "stack-model"}
+    parent = wait_final(stack, create_run(stack, "retrain/manual", {"config": config})["id"])
+    assert parent["state_type"] == "COMPLETED", parent["state"]
+    assert parent["work_pool_name"] == "cpu"
+    assert parent["name"].startswith("shapes-vgg16-")
+
+    children = flow_runs_of(stack, "train")
+    assert sorted(c["name"] for c in children) == ["shapes-vgg16-fine_tune", "shapes-vgg16-head"]
+    for child in children:
+        assert child["work_pool_name"] == "gpu" and child["state_type"] == "COMPLETED"
+        assert child["parent_task_run_id"]  # shown as a subflow of the retrain run
+    assert list(storage.list_keys(stack_bucket, f"runs/{parent['id']}/")) == []  # staging cleaned
+
+    meta = Registry(stack_bucket).metadata("stack-model", 1)
+    assert meta["lineage"]["flow_run_id"] == parent["id"]
+    assert meta["metrics"]["fine_tune"]["epochs_run"] == 1
+    for phase in ("head", "fine_tune"):  # pinned by the gpu pool's job variables
+        assert meta["training"][phase]["cuda_visible_devices"] == "0"
+    artifacts = api(stack, "POST", "/artifacts/filter",
+                    {"artifacts": {"flow_run_id": {"any_": [parent["id"]]}}})
+    assert {"retrain-report", "per-class-accuracy", "model-artifact"} <= {a["key"] for a in artifacts}
+    progress = [a for a in api(stack, "POST", "/artifacts/filter",
+                               {"artifacts": {"type": {"any_": ["progress"]}}})]
+    assert len(progress) >= 2 and all(a["data"] == 100.0 for a in progress)
+
+    # The example automation: the registration event starts evaluate/on-registration.
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not flow_runs_of(stack, "evaluate"):
+        time.sleep(2)
+    [evaluation] = flow_runs_of(stack, "evaluate")
+    assert evaluation["parameters"] == {"model": "stack-model:1"}
+    assert wait_final(stack, evaluation["id"])["state_type"] == "COMPLETED"
+

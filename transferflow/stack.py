@@ -1,0 +1,207 @@
+"""The local Prefect stack: a `prefect server` (SQLite, loopback), the cpu and gpu
+process work pools, one worker per pool, and the deployments in deployments/.
+
+    python -m transferflow.stack up | down | status | server | pools | workers | deploy | ui | logs
+
+Used by the Makefile (stack-up, server, pools, ...) and by the deployment tests.
+State lives in .local/prefect/ (database, pid files, logs). Prefect is driven
+through its CLI and HTTP API, so this module imports no Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transferflow import daemons, storage
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEPLOYMENTS_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
+POOLS = {"cpu": "cpu-process.json", "gpu": "gpu-process.json"}
+WORKER_LIMITS = {"cpu": 4, "gpu": 1}  # one training run at a time per GPU worker
+SERVER_TIMEOUT_S = 120
+WORKER_TIMEOUT_S = 90
+
+
+@dataclass
+class Stack:
+    home: Path = Path(".local/prefect")
+    port: int = 4200
+    worker_env: dict[str, str] = field(default_factory=dict)  # extra settings for workers
+    poll_seconds: int = 5  # how often workers ask for work
+    remote_api_url: str | None = None  # a Prefect server elsewhere (workers, pools, deploy)
+
+    @property
+    def api_url(self) -> str:
+        return self.remote_api_url or f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The environment for every Prefect process of this stack."""
+        return {
+            **os.environ, "PREFECT_HOME": str(self.home.resolve()), "PREFECT_API_URL": self.api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.port), "PREFECT_UI_API_URL": self.api_url,
+            "PREFECT_CLI_PROMPT": "false", "TRANSFERFLOW_PROJECT_DIR": str(PROJECT_DIR),
+        }
+
+    def pid_file(self, name: str) -> Path:
+        return self.home / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.home / f"{name}.log"
+
+
+def prefect_cli(*args: str) -> list[str]:
+    return [str(Path(sys.executable).parent / "prefect"), *args]
+
+
+def api(stack: Stack, method: str, path: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{stack.api_url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read() or b"null")
+
+
+def start_server(stack: Stack) -> None:
+    """`prefect server start` on loopback with its SQLite database under stack.home."""
+    stack.home.mkdir(parents=True, exist_ok=True)
+    if daemons.read_pid(stack.pid_file("server")):
+        print(f"Prefect server already running at {stack.ui_url}")
+        return
+    log = stack.log_file("server")
+    process = daemons.spawn(prefect_cli("server", "start", "--host", "127.0.0.1", "--port", str(stack.port)),
+                            log_path=log, env=stack.env(), pid_file=stack.pid_file("server"))
+    daemons.wait_until(lambda: api(stack, "GET", "/health") is True, what="prefect server",
+                       timeout=SERVER_TIMEOUT_S, log_path=log, process=process)
+    print(f"Prefect server ready at {stack.ui_url} (pid {process.pid}, log {log})")
+
+
+def create_pools(stack: Stack) -> None:
+    """Create or update the cpu and gpu process pools from deployments/pools/*.json."""
+    import subprocess
+
+    for pool, template in POOLS.items():
+        command = prefect_cli("work-pool", "create", pool, "--type", "process", "--overwrite",
+                              "--base-job-template", str(PROJECT_DIR / "deployments" / "pools" / template))
+        result = subprocess.run(command, env=stack.env(), capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"creating work pool {pool} failed:\n{result.stdout}{result.stderr}")
+    api(stack, "PATCH", "/work_pools/gpu/queues/default", {"concurrency_limit": WORKER_LIMITS["gpu"]})
+    print("work pools ready: cpu, gpu (gpu queue: 1 run at a time)")
+
+
+def worker_env(stack: Stack) -> dict[str, str]:
+    """Workers need the object store too: the environment's, else the local one's."""
+    storage.load_local_env()
+    return {**stack.env(), **stack.worker_env,
+            "PREFECT_WORKER_QUERY_SECONDS": str(stack.poll_seconds),
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": str(max(stack.poll_seconds, 5))}
+
+
+def start_worker(stack: Stack, pool: str) -> None:
+    name = f"worker-{pool}"
+    if daemons.read_pid(stack.pid_file(name)):
+        print(f"{name} already running")
+        return
+    env = worker_env(stack)
+    if not (env.get("AWS_ENDPOINT_URL") or env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE")):
+        print(f"warning: {name} starts without S3 settings; run `make storage-up` first", file=sys.stderr)
+    log = stack.log_file(name)
+    command = prefect_cli("worker", "start", "--pool", pool, "--type", "process", "--name",
+                          f"{pool}-{os.uname().nodename}-{stack.port}", "--limit", str(WORKER_LIMITS[pool]))
+    process = daemons.spawn(command, log_path=log, env=env, pid_file=stack.pid_file(name), cwd=PROJECT_DIR)
+    daemons.wait_until(lambda: bool(api(stack, "POST", f"/work_pools/{pool}/workers/filter", {})),
+                       what=name, timeout=WORKER_TIMEOUT_S, log_path=log, process=process)
+    print(f"{name} polling pool {pool} (pid {process.pid}, log {log})")
+
+
+def deploy(stack: Stack) -> None:
+    """`prefect deploy --all` from the project root with deployments/prefect.yaml."""
+    import subprocess
+
+    command = prefect_cli("--no-prompt", "deploy", "--all", "--prefect-file", str(DEPLOYMENTS_FILE))
+    result = subprocess.run(command, env=stack.env(), cwd=PROJECT_DIR, capture_output=True, text=True,
+                            timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed:\n{result.stdout[-4000:]}{result.stderr[-4000:]}")
+    names = [f"{d['flow_name']}/{d['name']}" for d in deployments(stack)]
+    print(f"deployed: {', '.join(sorted(names))}")
+
+
+def deployments(stack: Stack) -> list[dict]:
+    found = api(stack, "POST", "/deployments/filter", {})
+    flows = {f["id"]: f["name"] for f in api(stack, "POST", "/flows/filter", {})}
+    return [{**d, "flow_name": flows.get(d["flow_id"], "?")} for d in found]
+
+
+def up(stack: Stack) -> None:
+    start_server(stack)
+    create_pools(stack)
+    for pool in POOLS:
+        start_worker(stack, pool)
+    deploy(stack)
+    print(f"\nPrefect UI: {stack.ui_url}\nTrigger a run:  make trigger PARAMS='{{\"dataset\": \"...\"}}'")
+
+
+def down(stack: Stack) -> None:
+    for name in ("worker-gpu", "worker-cpu", "server"):
+        pid = daemons.stop_pid_file(stack.pid_file(name))
+        print(f"stopped {name} (pid {pid})" if pid else f"{name} was not running")
+
+
+def status(stack: Stack) -> int:
+    running = 0
+    for name in ("server", "worker-cpu", "worker-gpu"):
+        pid = daemons.read_pid(stack.pid_file(name))
+        running += pid is not None
+        print(f"{name:11} {f'running (pid {pid})' if pid else 'stopped'}")
+    print(f"UI          {stack.ui_url}")
+    print(f"API         {stack.api_url}")
+    return 0 if running == 3 else 1
+
+
+def logs(stack: Stack, lines: int = 40) -> None:
+    for name in ("server", "worker-cpu", "worker-gpu"):
+        print(f"==> {stack.log_file(name)} <==")
+        print("\n".join(daemons.tail(stack.log_file(name), 20000).splitlines()[-lines:]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transferflow.stack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down", "status", "server", "pools", "worker",
+                                           "deploy", "ui", "logs"])
+    parser.add_argument("--pool", choices=sorted(POOLS), help="for `worker`: the pool to poll")
+    parser.add_argument("--home", type=Path, default=Path(".local/prefect"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_PORT", "4200")))
+    args = parser.parse_args(argv)
+    if args.action == "worker" and not args.pool:
+        parser.error("worker needs --pool cpu or --pool gpu")
+    remote = os.environ.get("PREFECT_API_URL") if args.action not in ("server", "up", "down") else None
+    stack = Stack(home=args.home, port=args.port, remote_api_url=remote or None)
+    actions = {
+        "up": up, "down": down, "server": start_server, "pools": create_pools, "deploy": deploy,
+        "worker": lambda s: start_worker(s, args.pool), "logs": logs, "ui": lambda s: print(s.ui_url),
+    }
+    try:
+        if args.action == "status":
+            return status(stack)
+        actions[args.action](stack)
+        return 0
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
