@@ -92,6 +92,8 @@ def parse_config(values: dict[str, Any]) -> RetrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k in RetrainConfig.model_fields}
     config = parse_config(values)
+    # Fail in a second on a wrong endpoint, before Prefect and TensorFlow start up.
+    storage.ensure_bucket()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # The ephemeral server's usage heartbeat calls out to the internet: not on training clusters.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -130,3 +130,25 @@ def test_manual_run_trains_on_the_gpu_pool_and_registers(stack, stack_bucket, sa
     assert evaluation["parameters"] == {"model": "stack-model:1"}
     assert wait_final(stack, evaluation["id"])["state_type"] == "COMPLETED"
 
+
+
+def test_cancelling_the_parent_cancels_the_training_child(stack, stack_bucket, sample_dataset,
+                                                         random_weights):
+    storage.upload_file(random_weights, stack_bucket, "weights/vgg16.weights.h5")
+    config = {"dataset": upload_folder(sample_dataset, stack_bucket, "sources/shapes"),
+              "weights": f"s3://{stack_bucket}/weights/vgg16.weights.h5", "head_epochs": 500,
+              "patience": 100, "fine_tune_epochs": 0, "batch_size": 8, "model_name": "cancelled"}
+    parent = create_run(stack, "retrain/manual", {"config": config})
+    deadline = time.monotonic() + 240
+    child = None
+    while time.monotonic() < deadline and child is None:
+        running = [c for c in flow_runs_of(stack, "train") if c["state_type"] == "RUNNING"
+                   and c["parameters"]["config"]["model_name"] == "cancelled"]
+        child = running[0] if running else None
+        time.sleep(2)
+    assert child is not None, "the training child never started"
+    api(stack, "POST", f"/flow_runs/{parent['id']}/set_state",
+        {"state": {"type": "CANCELLING", "message": "cancelled by the test"}, "force": True})
+    assert wait_final(stack, parent["id"], timeout=180)["state_type"] == "CANCELLED"
+    assert wait_final(stack, child["id"], timeout=180)["state_type"] == "CANCELLED"
+    assert Registry(stack_bucket).versions("cancelled") == []
