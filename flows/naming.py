@@ -12,13 +12,18 @@ def _config() -> dict:
     return config if isinstance(config, dict) else config.model_dump()
 
 
-def retrain_run_name() -> str:
+def _prefix() -> str:
     config = _config()
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{dataset_slug(config.get('dataset', 'cifar10'))}-{config.get('backbone', 'vgg16')}-{stamp}"
+    return f"{dataset_slug(config.get('dataset', 'cifar10'))}-{config.get('backbone', 'vgg16')}"
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def retrain_run_name() -> str:
+    return f"{_prefix()}-{_stamp()}"
 
 
 def train_run_name() -> str:
-    config = _config()
-    phase = flow_run.parameters.get("phase", "train")
-    return f"{dataset_slug(config.get('dataset', 'cifar10'))}-{config.get('backbone', 'vgg16')}-{phase}"
+    return f"{_prefix()}-{flow_run.parameters.get('phase', 'train')}-{_stamp()}"

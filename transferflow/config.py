@@ -149,14 +149,14 @@ class RetrainConfig(BaseModel):
     def _no_credentials_in_urls(cls, value: str) -> str:
         if "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
             raise ValueError("dataset URL contains credentials (user:password@): they would end up in "
-                             "logs and metadata; use a presigned URL, or S3 with credentials in the "
-                             "environment")
+                             "logs and metadata; copy the data to S3 and pass s3://..., with the "
+                             "credentials in the environment")
         return value
 
 
 def dataset_slug(dataset: str) -> str:
     """A key-safe short name from the dataset's last path part, e.g. 'flowers'."""
-    stem = dataset.split("#")[0].rstrip("/").rsplit("/", 1)[-1]
+    stem = dataset.split("#")[0].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
     for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
         stem = stem.removesuffix(suffix)
     return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._")[:50] or "dataset"

@@ -11,19 +11,34 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def read_pid(pid_file: Path) -> int | None:
-    """The pid in `pid_file` if that process is still alive, else None."""
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22)."""
     try:
-        pid = int(pid_file.read_text().strip())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid in `pid_file` if that very process still runs (not a reused pid), else None.
+
+    The file holds "<pid> <start time>"; a process with the same pid but another start
+    time is someone else's.
+    """
+    try:
+        pid_text, _, started = pid_file.read_text().strip().partition(" ")
+        pid = int(pid_text)
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    current = _start_time(pid)
+    if current is None or (started and current != started):
         return None
-    except PermissionError:
-        pass
     return pid
+
+
+def write_pid(pid_file: Path, pid: int) -> None:
+    pid_file.write_text(f"{pid} {_start_time(pid) or ''}".strip())
 
 
 def spawn(command: list[str], *, log_path: Path, env: dict[str, str], pid_file: Path | None = None,
@@ -35,7 +50,7 @@ def spawn(command: list[str], *, log_path: Path, env: dict[str, str], pid_file: 
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     if pid_file is not None:
-        pid_file.write_text(str(process.pid))
+        write_pid(pid_file, process.pid)
     return process
 
 
@@ -63,7 +78,16 @@ def tail(log_path: Path, chars: int = 2000) -> str:
 
 
 def stop_group(pid: int, timeout: float = 20) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after `timeout`."""
+    """SIGTERM the process group, then SIGKILL what is left after `timeout`.
+
+    Only for processes started by `spawn`, which lead their own group.
+    """
+    try:
+        if os.getpgid(pid) != pid:
+            os.kill(pid, signal.SIGTERM)  # not a group leader: never signal a stranger's group
+            return
+    except ProcessLookupError:
+        return
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
         try:
             os.killpg(pid, sig)
@@ -84,6 +108,20 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def start_checked(command: list[str], *, what: str, ready: Callable[[], bool], timeout: float,
+                  log_path: Path, env: dict[str, str], pid_file: Path,
+                  cwd: Path | None = None) -> subprocess.Popen:
+    """spawn + wait_until; if it never becomes ready, stop it and forget its pid file."""
+    process = spawn(command, log_path=log_path, env=env, pid_file=pid_file, cwd=cwd)
+    try:
+        wait_until(ready, what=what, timeout=timeout, log_path=log_path, process=process)
+    except BaseException:
+        stop_group(process.pid, timeout=10)
+        pid_file.unlink(missing_ok=True)
+        raise
+    return process
 
 
 def stop_pid_file(pid_file: Path, timeout: float = 20) -> int | None:

@@ -401,11 +401,12 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
     Reuses the stored copy when the same data was prepared with the same options.
     """
     bucket = bucket or storage.bucket_name()
+    shown = downloads.redact(dataset)  # a presigned URL's token never reaches logs or metadata
     kind, folder = locate(dataset, logger)
     if kind == "builtin":
         fingerprint, build = _builtin_source(dataset, options.image_size, logger)
     else:
-        scan = scan_folder(folder, label=dataset)
+        scan = scan_folder(folder, label=shown)
         if scan.ignored:
             logger.info("ignored %d files that are not images (%s)", scan.ignored, ", ".join(IMAGE_SUFFIXES))
         fingerprint = fingerprint_folder(scan)
@@ -416,18 +417,18 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
     manifest_key = f"{prefix}/{variant}.json"
     cached = storage.get_json(bucket, manifest_key)
     if cached is not None:
-        logger.info("dataset %s already prepared as s3://%s/%s", dataset, bucket, manifest_key)
+        logger.info("dataset %s already prepared as s3://%s/%s", shown, bucket, manifest_key)
         return DatasetRef.model_validate(cached[0])
     class_names, given = build()
     splits, origin = complete_splits(given, options.val_fraction, options.test_fraction,
                                      options.seed, class_names)
     prepared = PreparedDataset(class_names, splits)
-    ref = DatasetRef(name=dataset_slug(dataset), source=dataset, fingerprint=fingerprint,
+    ref = DatasetRef(name=dataset_slug(dataset), source=shown, fingerprint=fingerprint,
                      uri=f"s3://{bucket}/{prefix}/{variant}.npz",
                      class_names=class_names, image_size=options.image_size,
                      split_origin=origin, counts=prepared.counts())
     _store(prepared, ref, bucket, manifest_key)
-    logger.info("prepared %s: %s", dataset, _summary(ref))
+    logger.info("prepared %s: %s", shown, _summary(ref))
     return ref
 
 

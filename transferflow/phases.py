@@ -175,9 +175,11 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
                    head: PhaseOutcome, gate: GateDecision, fine: FineTuneOutcome | None,
                    test: dict, flow_run_id: str | None) -> dict:
     """Everything needed to know where a model came from and how good it is."""
+    from transferflow.downloads import redact
+
     final = fine.chosen if fine else head
     return {
-        "parameters": config.model_dump(mode="json"),
+        "parameters": {**config.model_dump(mode="json"), "dataset": redact(config.dataset)},
         "metrics": {
             "head": head.metrics,
             "fine_tune": fine.tuned.metrics if fine else None,

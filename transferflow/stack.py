@@ -14,6 +14,8 @@ import argparse
 import json
 import os
 import sys
+import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ DEPLOYMENTS_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
 POOLS = {"cpu": "cpu-process.json", "gpu": "gpu-process.json"}
 WORKER_LIMITS = {"cpu": 4, "gpu": 1}  # one training run at a time per GPU worker
 SERVER_TIMEOUT_S = 120
+API_ATTEMPTS = 5
 WORKER_TIMEOUT_S = 90
 
 
@@ -66,10 +69,19 @@ def prefect_cli(*args: str) -> list[str]:
 
 def api(stack: Stack, method: str, path: str, body: dict | None = None):
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{stack.api_url}{path}", data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("PREFECT_API_KEY"):  # Prefect Cloud or a server behind auth
+        headers["Authorization"] = f"Bearer {os.environ['PREFECT_API_KEY']}"
+    request = urllib.request.Request(f"{stack.api_url}{path}", data=data, method=method, headers=headers)
+    for attempt in range(API_ATTEMPTS):
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            # A busy SQLite-backed server answers 503 now and then; anything else is an answer.
+            if exc.code not in (502, 503, 504) or attempt == API_ATTEMPTS - 1:
+                raise
+        time.sleep(0.5 * 2 ** attempt)
 
 
 def start_server(stack: Stack) -> None:
@@ -78,11 +90,16 @@ def start_server(stack: Stack) -> None:
     if daemons.read_pid(stack.pid_file("server")):
         print(f"Prefect server already running at {stack.ui_url}")
         return
+    from transferflow.s3server import port_is_free
+
+    if not port_is_free(stack.port):  # else the health check would answer for someone else's server
+        raise RuntimeError(f"port {stack.port} is taken by another process: stop it, or use "
+                           "PREFECT_PORT=<free port> (make stack-up PREFECT_PORT=4201)")
     log = stack.log_file("server")
-    process = daemons.spawn(prefect_cli("server", "start", "--host", "127.0.0.1", "--port", str(stack.port)),
-                            log_path=log, env=stack.env(), pid_file=stack.pid_file("server"))
-    daemons.wait_until(lambda: api(stack, "GET", "/health") is True, what="prefect server",
-                       timeout=SERVER_TIMEOUT_S, log_path=log, process=process)
+    process = daemons.start_checked(
+        prefect_cli("server", "start", "--host", "127.0.0.1", "--port", str(stack.port)),
+        what="prefect server", ready=lambda: api(stack, "GET", "/health") is True,
+        timeout=SERVER_TIMEOUT_S, log_path=log, env=stack.env(), pid_file=stack.pid_file("server"))
     print(f"Prefect server ready at {stack.ui_url} (pid {process.pid}, log {log})")
 
 
@@ -117,12 +134,20 @@ def start_worker(stack: Stack, pool: str) -> None:
     if not (env.get("AWS_ENDPOINT_URL") or env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE")):
         print(f"warning: {name} starts without S3 settings; run `make storage-up` first", file=sys.stderr)
     log = stack.log_file(name)
-    command = prefect_cli("worker", "start", "--pool", pool, "--type", "process", "--name",
-                          f"{pool}-{os.uname().nodename}-{stack.port}", "--limit", str(WORKER_LIMITS[pool]))
-    process = daemons.spawn(command, log_path=log, env=env, pid_file=stack.pid_file(name), cwd=PROJECT_DIR)
-    daemons.wait_until(lambda: bool(api(stack, "POST", f"/work_pools/{pool}/workers/filter", {})),
-                       what=name, timeout=WORKER_TIMEOUT_S, log_path=log, process=process)
-    print(f"{name} polling pool {pool} (pid {process.pid}, log {log})")
+    worker_name = f"{pool}-{os.uname().nodename}-{os.getpid()}-{int(time.time())}"
+    command = prefect_cli("worker", "start", "--pool", pool, "--type", "process", "--name", worker_name,
+                          "--limit", str(WORKER_LIMITS[pool]))
+    process = daemons.start_checked(
+        command, what=name, ready=lambda: _worker_online(stack, pool, worker_name),
+        timeout=WORKER_TIMEOUT_S, log_path=log, env=env, pid_file=stack.pid_file(name), cwd=PROJECT_DIR)
+    print(f"{name} polling pool {pool} as {worker_name} (pid {process.pid}, log {log})")
+
+
+def _worker_online(stack: Stack, pool: str, worker_name: str) -> bool:
+    """This very worker has sent a heartbeat (older records of other workers don't count)."""
+    workers = api(stack, "POST", f"/work_pools/{pool}/workers/filter",
+                  {"workers": {"status": {"any_": ["ONLINE"]}}})
+    return any(w["name"] == worker_name for w in workers)
 
 
 def deploy(stack: Stack) -> None:
@@ -154,9 +179,30 @@ def up(stack: Stack) -> None:
 
 
 def down(stack: Stack) -> None:
+    if daemons.read_pid(stack.pid_file("server")):
+        crashed = crash_active_runs(stack)
+        if crashed:
+            print(f"marked {crashed} unfinished flow run(s) Crashed: their workers stop now")
     for name in ("worker-gpu", "worker-cpu", "server"):
         pid = daemons.stop_pid_file(stack.pid_file(name))
         print(f"stopped {name} (pid {pid})" if pid else f"{name} was not running")
+
+
+def crash_active_runs(stack: Stack) -> int:
+    """Runs in flight on this stack's pools die with its workers. Say so in their state, or
+    a RUNNING ghost would hold the gpu queue's only slot after the next stack-up."""
+    query = {"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING", "CANCELLING"]}}},
+             "work_pools": {"name": {"any_": sorted(POOLS)}}}
+    try:
+        runs = api(stack, "POST", "/flow_runs/filter", query)
+        for run in runs:
+            api(stack, "POST", f"/flow_runs/{run['id']}/set_state",
+                {"state": {"type": "CRASHED", "message": "the local stack was stopped (make stack-down)"},
+                 "force": True})
+    except OSError as exc:  # the server is going away anyway; report, don't block the stop
+        print(f"warning: could not update unfinished runs: {exc}", file=sys.stderr)
+        return 0
+    return len(runs)
 
 
 def status(stack: Stack) -> int:
