@@ -76,6 +76,10 @@ class ProgressLog(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.epoch = 0
 
+    def on_train_end(self, logs=None):
+        if self.on_epoch is not None and self.epoch < self.epochs:  # early stopping ended it
+            self.on_epoch(self.epochs, self.epochs)
+
 
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
     """A tf.data pipeline of float32 pixel batches."""
