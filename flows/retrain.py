@@ -12,7 +12,7 @@ from tasks.evaluation import evaluate_model
 from tasks.registry import register_model
 from tasks.remote import choose_training_target
 from tasks.reporting import announce_registration, publish_report
-from tasks.training import decide_fine_tune, run_fine_tune_phase, run_head_phase
+from tasks.training import decide_fine_tune, run_phase
 from transferflow.config import RetrainConfig
 from transferflow.phases import build_metadata
 
@@ -25,9 +25,9 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a f
     dataset = download_dataset(config)
     backbone = build_backbone(config)
     target = choose_training_target(config)
-    head = run_head_phase(target, config, dataset, backbone, run_id)
+    head = run_phase("head", target, config, dataset, run_id, backbone=backbone)
     gate = decide_fine_tune(config, head)
-    fine = run_fine_tune_phase(target, config, dataset, head, run_id) if gate.passed else None
+    fine = run_phase("fine_tune", target, config, dataset, run_id, head=head) if gate.passed else None
     final = fine.chosen if fine else head
     test = evaluate_model(dataset, final.model_uri, config.batch_size)
     metadata = build_metadata(config, dataset, backbone, head, gate, fine, test, flow_run.id)

@@ -8,7 +8,7 @@ from typing import Literal
 from prefect import flow
 
 from flows.naming import train_run_name
-from tasks.training import fine_tune, store_outcome, train_head, with_timeout
+from tasks.training import run_phase, store_outcome
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
 from transferflow.errors import ConfigError
@@ -24,8 +24,6 @@ def train(config: RetrainConfig, dataset: DatasetRef, run_id: str,
         raise ConfigError("phase head needs the backbone parameter")
     if phase == "fine_tune" and head is None:
         raise ConfigError("phase fine_tune needs the head parameter (the head phase's outcome)")
-    if phase == "head":
-        outcome = with_timeout(train_head, config)(config, dataset, backbone, run_id)
-    else:
-        outcome = with_timeout(fine_tune, config)(config, dataset, head, run_id)
+    inputs = {"backbone": backbone} if phase == "head" else {"head": head}
+    outcome = run_phase(phase, "local", config, dataset, run_id, **inputs)
     return store_outcome(run_id, phase, outcome)

@@ -60,23 +60,16 @@ def store_outcome(run_id: str, phase: str, outcome) -> str:
     return phases.store_outcome(run_id, phase, outcome)
 
 
-def run_head_phase(target: str, config: RetrainConfig, dataset: DatasetRef,
-                   backbone: phases.BackboneRef, run_id: str) -> phases.PhaseOutcome:
-    """The head phase, in this process or as a train/gpu subflow on the gpu pool."""
+def run_phase(phase: str, target: str, config: RetrainConfig, dataset: DatasetRef, run_id: str,
+              **inputs):
+    """A training phase ("head" needs backbone=, "fine_tune" needs head=), in this process
+    or as a train/gpu subflow on the gpu pool (target "gpu-pool")."""
+    training_task, outcome_type = PHASES[phase]
     if target == "gpu-pool":
         from tasks.remote import train_on_gpu_pool
 
-        return train_on_gpu_pool(config, "head", run_id, phases.PhaseOutcome,
-                                 dataset=dataset, backbone=backbone)
-    return with_timeout(train_head, config)(config, dataset, backbone, run_id)
+        return train_on_gpu_pool(config, phase, run_id, outcome_type, dataset=dataset, **inputs)
+    return with_timeout(training_task, config)(config=config, dataset=dataset, run_id=run_id, **inputs)
 
 
-def run_fine_tune_phase(target: str, config: RetrainConfig, dataset: DatasetRef,
-                        head: phases.PhaseOutcome, run_id: str) -> phases.FineTuneOutcome:
-    """The fine-tune phase, in this process or as a train/gpu subflow on the gpu pool."""
-    if target == "gpu-pool":
-        from tasks.remote import train_on_gpu_pool
-
-        return train_on_gpu_pool(config, "fine_tune", run_id, phases.FineTuneOutcome,
-                                 dataset=dataset, head=head)
-    return with_timeout(fine_tune, config)(config, dataset, head, run_id)
+PHASES = {"head": (train_head, phases.PhaseOutcome), "fine_tune": (fine_tune, phases.FineTuneOutcome)}
