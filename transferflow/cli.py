@@ -70,7 +70,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         annotation = field.annotation
         options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
                                    "help": f"{field.description} (default: {field.default})"}
-        if isinstance(annotation, type) and issubclass(annotation, Enum):
+        if annotation is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif isinstance(annotation, type) and issubclass(annotation, Enum):
             options["choices"] = [member.value for member in annotation]
         elif annotation in (int, float):
             options["type"] = annotation

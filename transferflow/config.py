@@ -83,6 +83,11 @@ class RetrainConfig(BaseModel):
         description="Registry name (lowercase letters, digits, . _ -). Default: <dataset>-<backbone>.",
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for splits, shuffling and initialisation.")
+    cache_features: bool = Field(
+        True,
+        description="Head phase: run the frozen backbone once and train the head on its features "
+        "(the same model, far less compute); false runs the backbone every epoch.",
+    )
     train_on: TrainOn = Field(
         TrainOn.AUTO,
         description="Where training runs: auto (the train/gpu deployment when it exists, else "

@@ -110,12 +110,15 @@ def _fit_and_stage(classifier, phase: str, config: RetrainConfig, dataset: Datas
                    epochs: int, learning_rate: float, logger, on_epoch) -> PhaseOutcome:
     """Train one phase on the prepared data, then stage the model under the run's prefix."""
     from transferflow import model as modeling
-    from transferflow.training import fit_phase
+    from transferflow.training import fit_head_on_features, fit_phase
 
     data = load_prepared(dataset)
-    metrics = fit_phase(classifier, phase, data.splits["train"], data.splits["val"], epochs=epochs,
-                        learning_rate=learning_rate, batch_size=config.batch_size,
-                        patience=config.patience, seed=config.seed, logger=logger, on_epoch=on_epoch)
+    settings = dict(epochs=epochs, learning_rate=learning_rate, batch_size=config.batch_size,
+                    patience=config.patience, seed=config.seed, logger=logger, on_epoch=on_epoch)
+    if phase == "head" and config.cache_features:
+        metrics = fit_head_on_features(classifier, data.splits["train"], data.splits["val"], **settings)
+    else:
+        metrics = fit_phase(classifier, phase, data.splits["train"], data.splits["val"], **settings)
     uri = f"{run_prefix(run_id)}/{phase}.keras"
     sha, size = modeling.save_to(classifier, uri)
     return PhaseOutcome(phase=phase, model_uri=uri, sha256=sha, size=size, metrics=metrics.as_dict(),

@@ -131,6 +131,37 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
     )
 
 
+def fit_head_on_features(classifier: keras.Model, train, val, *, epochs: int, learning_rate: float,
+                         batch_size: int, patience: int, seed: int, logger=log,
+                         on_epoch: Callable[[int, int], None] | None = None) -> PhaseMetrics:
+    """Train the head of a frozen-backbone classifier on features computed once.
+
+    With the backbone frozen (and no augmentation), every epoch would feed the same
+    images through the same backbone. Instead: run it once over train and val, train
+    dropout -> dense on the pooled features, then copy the dense weights back into the
+    classifier. Same model, same math; the backbone's cost is paid once, not per epoch.
+    """
+    started = time.monotonic()
+    extractor = keras.Model(classifier.input, classifier.get_layer("pool").output)
+    features = {name: extractor.predict(make_dataset(x, y, batch_size, False, seed), verbose=0)
+                for name, (x, y) in (("train", train), ("val", val))}
+    logger.info("backbone features computed once for %d train + %d val images (%.1fs); training the "
+                "head on them", len(train[0]), len(val[0]), time.monotonic() - started)
+    dense = classifier.get_layer("classifier")
+    head = keras.Sequential([
+        keras.Input((features["train"].shape[1],)),
+        keras.layers.Dropout(classifier.get_layer("dropout").rate, name="dropout"),
+        keras.layers.Dense(dense.units, activation="softmax", dtype="float32", name="classifier"),
+    ])
+    head.get_layer("classifier").set_weights(dense.get_weights())
+    metrics = fit_phase(head, "head", (features["train"], train[1]), (features["val"], val[1]),
+                        epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                        patience=patience, seed=seed, logger=logger, on_epoch=on_epoch)
+    dense.set_weights(head.get_layer("classifier").get_weights())
+    metrics.seconds = time.monotonic() - started
+    return metrics
+
+
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, class_names: list[str],
              batch_size: int = 64) -> dict:
     """Accuracy and per-class accuracy on a held-out split."""
