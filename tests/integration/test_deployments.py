@@ -136,9 +136,12 @@ def test_manual_run_trains_on_the_gpu_pool_and_registers(stack, stack_bucket, sa
 def test_cancelling_the_parent_cancels_the_training_child(stack, stack_bucket, sample_dataset,
                                                          random_weights):
     storage.upload_file(random_weights, stack_bucket, "weights/vgg16.weights.h5")
+    # A child that trains for minutes: the backbone every epoch, a tiny learning rate so
+    # val_loss keeps improving (no early stop).
     config = {"dataset": upload_folder(sample_dataset, stack_bucket, "sources/shapes"),
-              "weights": f"s3://{stack_bucket}/weights/vgg16.weights.h5", "head_epochs": 500,
-              "patience": 100, "fine_tune_epochs": 0, "batch_size": 8, "model_name": "cancelled"}
+              "weights": f"s3://{stack_bucket}/weights/vgg16.weights.h5", "head_epochs": 1000,
+              "head_learning_rate": 1e-6, "patience": 100, "cache_features": False,
+              "fine_tune_epochs": 0, "batch_size": 8, "model_name": "cancelled"}
     parent = create_run(stack, "retrain/manual", {"config": config})
     deadline = time.monotonic() + 240
     child = None
