@@ -18,10 +18,6 @@ def epoch_progress(phase: str):
     return on_epoch
 
 
-def _timeout_s(config: RetrainConfig) -> float:
-    return config.training_timeout_minutes * 60.0
-
-
 # No retries on training: a failure there is a bug or bad data, not a blip. The timeout
 # keeps a hung accelerator from holding a worker forever (set per run from the config).
 @task(name="train_head")
@@ -51,7 +47,7 @@ def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: phases.PhaseOutc
 
 def with_timeout(training_task, config: RetrainConfig):
     """The training task with this run's timeout applied."""
-    return training_task.with_options(timeout_seconds=_timeout_s(config))
+    return training_task.with_options(timeout_seconds=config.training_timeout_minutes * 60.0)
 
 
 @task(name="store_outcome", retries=2, retry_delay_seconds=[5, 30])

@@ -189,17 +189,6 @@ def ensure_bucket(bucket: str | None = None) -> str:
     return bucket
 
 
-def exists(bucket: str, key: str) -> bool:
-    with translated("check", bucket, key):
-        try:
-            client().head_object(Bucket=bucket, Key=key)
-            return True
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise
-
-
 def head(bucket: str, key: str) -> dict | None:
     with translated("inspect", bucket, key):
         try:
