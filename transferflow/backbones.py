@@ -35,26 +35,53 @@ class BackboneSpec:
         return module.preprocess_input
 
 
+def _numbered(template: str, first: int, last: int) -> tuple[str, ...]:
+    return tuple(template.format(i) for i in range(first, last + 1))
+
+
+def _efficientnet(name: str, constructor: str, preprocess_module: str, stages: int) -> BackboneSpec:
+    # Layers are named block{stage}{letter}_..., with at most 7 stages: "block1" matches stage 1 only.
+    return BackboneSpec(name, constructor, preprocess_module, 32,
+                        ("stem_", *_numbered("block{}", 1, stages), "top_"))
+
+
+def _convnext(name: str, constructor: str) -> BackboneSpec:
+    # Keras's default model name (the same as ours) prefixes every layer. Each stage's downsampling
+    # layer is its own block, below the stage. The final, unnamed LayerNormalization is in no block:
+    # the pooling and Dense head above it can absorb its per-channel scale and shift.
+    blocks = [f"{name}_stem"]
+    for stage in range(4):
+        if stage:
+            blocks.append(f"{name}_downsampling_block_{stage - 1}")
+        blocks.append(f"{name}_stage_{stage}_")
+    return BackboneSpec(name, constructor, "convnext", 32, tuple(blocks))
+
+
+# Prefixes are disjoint: no layer name starts with two of them. Layers Keras names automatically
+# (activations, Xception's shortcut convolutions, ...) are in no block. MobileNetV3's stem ("conv")
+# and first block ("expanded_conv_") cannot be told apart from its top ("conv_1") and later blocks
+# ("expanded_conv_1_") by a prefix, so its blocks start at expanded_conv_1_.
+# MobileNetV3, EfficientNet(V2) and ConvNeXt rescale inside the model: their preprocess_input is a
+# pass-through. min_size is what Keras enforces (it rejects one pixel less), at least 32.
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
     for spec in (
-        BackboneSpec("vgg16", "VGG16", "vgg16", 32, tuple(f"block{i}_" for i in range(1, 6))),
-        BackboneSpec("vgg19", "VGG19", "vgg19", 32, tuple(f"block{i}_" for i in range(1, 6))),
-        BackboneSpec("resnet50", "ResNet50", "resnet", 32, tuple(f"conv{i}_" for i in range(1, 6))),
-        BackboneSpec(
-            "mobilenet_v2",
-            "MobileNetV2",
-            "mobilenet_v2",
-            32,
-            ("Conv1", *(f"block_{i}_" for i in range(1, 17)), "Conv_1"),
-        ),
-        BackboneSpec(
-            "efficientnet_b0",
-            "EfficientNetB0",
-            "efficientnet",
-            32,
-            ("stem_", *(f"block{i}" for i in range(1, 8)), "top_"),
-        ),
+        BackboneSpec("vgg16", "VGG16", "vgg16", 32, _numbered("block{}_", 1, 5)),
+        BackboneSpec("vgg19", "VGG19", "vgg19", 32, _numbered("block{}_", 1, 5)),
+        BackboneSpec("resnet50", "ResNet50", "resnet", 32, _numbered("conv{}_", 1, 5)),
+        BackboneSpec("mobilenet_v2", "MobileNetV2", "mobilenet_v2", 32,
+                     ("Conv1", "expanded_conv_", *_numbered("block_{}_", 1, 16), "Conv_1")),
+        BackboneSpec("mobilenet_v3_small", "MobileNetV3Small", "mobilenet_v3", 32,
+                     (*_numbered("expanded_conv_{}_", 1, 10), "conv_1")),
+        BackboneSpec("mobilenet_v3_large", "MobileNetV3Large", "mobilenet_v3", 32,
+                     (*_numbered("expanded_conv_{}_", 1, 14), "conv_1")),
+        _efficientnet("efficientnet_b0", "EfficientNetB0", "efficientnet", 7),
+        _efficientnet("efficientnet_b1", "EfficientNetB1", "efficientnet", 7),
+        _efficientnet("efficientnet_b2", "EfficientNetB2", "efficientnet", 7),
+        _efficientnet("efficientnet_b3", "EfficientNetB3", "efficientnet", 7),
+        _efficientnet("efficientnet_v2_b0", "EfficientNetV2B0", "efficientnet_v2", 6),
+        BackboneSpec("xception", "Xception", "xception", 71, _numbered("block{}_", 1, 14)),
+        _convnext("convnext_tiny", "ConvNeXtTiny"),
     )
 }
 
@@ -106,6 +133,7 @@ def _load_weights_into(model, spec: BackboneSpec, path: Path) -> None:
                    or "freshly-initialized" in str(w.message)]
         if skipped:
             raise ValueError(skipped[0])
+        _match_imagenet_scaling(model, spec)
     except Exception as exc:  # Keras raises ValueError, OSError or KeyError on a mismatch
         raise WeightsError(
             f"weights file {path.name} does not fit backbone {spec.name} "
@@ -113,6 +141,29 @@ def _load_weights_into(model, spec: BackboneSpec, path: Path) -> None:
             f"keras.applications.{spec.constructor}(include_top=False) with "
             "model.save_weights('name.weights.h5'), or choose the matching --backbone."
         ) from exc
+
+
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def _match_imagenet_scaling(model, spec: BackboneSpec) -> None:
+    """EfficientNet B0-B7 built with weights="imagenet" divide the normalised input once more by
+    sqrt(std), in a weightless Rescaling layer that a weights=None build leaves out. A file saved
+    from the ImageNet model carries its statistics (variance = std**2): fold the missing division
+    into the variance, so the file gives the same features as Keras's own ImageNet model."""
+    import keras
+    import numpy as np
+
+    if not spec.constructor.startswith("EfficientNetB"):
+        return
+    layer = next(x for x in model.layers if isinstance(x, keras.layers.Normalization))
+    mean, variance, count = layer.get_weights()
+    std = np.asarray(IMAGENET_STD_RGB, dtype=variance.dtype)
+    if np.allclose(variance, std**2, rtol=1e-3):
+        layer.set_weights([mean, variance * std, count])
+        layer.finalize_state()
+        log.info("%s: ImageNet normalisation found in the weights file; applied Keras's extra "
+                 "1/sqrt(std) input scaling", spec.name)
 
 
 def _first_line(exc: Exception) -> str:
