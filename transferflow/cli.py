@@ -77,6 +77,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif annotation in (int, float):
             options["type"] = annotation
             options["metavar"] = "N" if annotation is int else "X"
+        elif name == "fine_tune_blocks":  # int | "all": pydantic parses the string
+            options["metavar"] = "N|all"
         parser.add_argument("--" + name.replace("_", "-"), **options)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from enum import Enum, StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from transferflow.backbones import BACKBONES, DEFAULT_BACKBONE
+from transferflow.compute import Strategy
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 WEIGHT_CHOICES = ("imagenet", "none")
@@ -23,6 +25,14 @@ class TrainOn(StrEnum):
     AUTO = "auto"  # the gpu pool's train/gpu deployment if it exists, else in-process
     LOCAL = "local"  # in the retrain flow's own process
     GPU_POOL = "gpu-pool"  # always through the train/gpu deployment
+
+
+class Schedule(StrEnum):
+    """How the fine-tuning learning rate moves over the phase."""
+
+    CONSTANT = "constant"
+    COSINE = "cosine"  # cosine decay from fine_tune_learning_rate to 0
+    WARMUP_COSINE = "warmup_cosine"  # linear warm-up over the first epoch, then cosine decay
 
 
 class RetrainConfig(BaseModel):
@@ -58,9 +68,15 @@ class RetrainConfig(BaseModel):
         0.5, ge=0.0, le=1.0,
         description="Fine-tune only if the head's validation accuracy is at least this.",
     )
-    fine_tune_blocks: int = Field(
-        1, ge=1, le=20,
-        description="How many of the backbone's top blocks to unfreeze for fine-tuning (VGG16: block5 is 1).",
+    fine_tune_blocks: int | Literal["all"] = Field(
+        1,
+        description="How many of the backbone's top blocks to unfreeze for fine-tuning (VGG16: block5 is "
+        "1), or all. BatchNorm layers always stay frozen, in inference mode.",
+    )
+    fine_tune_schedule: Schedule = Field(
+        Schedule.WARMUP_COSINE,
+        description="Fine-tuning learning rate: constant, cosine (decay to 0), or warmup_cosine "
+        "(linear warm-up over the first epoch, then cosine decay).",
     )
     head_learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate for the head.")
     fine_tune_learning_rate: float = Field(
@@ -83,10 +99,34 @@ class RetrainConfig(BaseModel):
         description="Registry name (lowercase letters, digits, . _ -). Default: <dataset>-<backbone>.",
     )
     seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed for splits, shuffling and initialisation.")
+    balance_classes: bool = Field(
+        False,
+        description="Weight the loss by inverse class frequency, for imbalanced datasets.",
+    )
+    augment: bool = Field(
+        False,
+        description="Random flip, rotation, zoom and contrast as layers inside the model (they run on "
+        "the accelerator, and only in training). Turns feature caching off.",
+    )
+    mixed_precision: bool = Field(
+        True,
+        description="Mixed precision where it helps: mixed_bfloat16 on GPUs of compute capability 8.0+, "
+        "mixed_float16 on 7.x, float32 on CPUs. The classifier layer and the saved model stay float32.",
+    )
+    xla: bool = Field(
+        True, description="Compile training steps with XLA (jit_compile) where it helps: on GPUs.",
+    )
+    strategy: Strategy = Field(
+        Strategy.AUTO,
+        description="auto (mirrored when a worker has several GPUs), none, or mirrored "
+        "(tf.distribute.MirroredStrategy). batch_size is per replica: a step sees batch_size x GPUs.",
+    )
     cache_features: bool = Field(
         True,
         description="Head phase: run the frozen backbone once and train the head on its features "
-        "(the same model, far less compute); false runs the backbone every epoch.",
+        "(the same model, far less compute). Features are kept in object storage, keyed by dataset, "
+        "backbone, weights and image size, so a re-run with another head reuses them. false (or "
+        "augment) runs the backbone every epoch.",
     )
     train_on: TrainOn = Field(
         TrainOn.AUTO,
@@ -133,9 +173,10 @@ class RetrainConfig(BaseModel):
         spec = BACKBONES[self.backbone]
         if self.image_size < spec.min_size:
             raise ValueError(f"image_size {self.image_size} is below {spec.name}'s minimum {spec.min_size}")
-        if self.fine_tune_blocks > len(spec.blocks):
+        if self.fine_tune_blocks != "all" and not 1 <= self.fine_tune_blocks <= len(spec.blocks):
             raise ValueError(
-                f"fine_tune_blocks {self.fine_tune_blocks} exceeds {spec.name}'s {len(spec.blocks)} blocks"
+                f"fine_tune_blocks {self.fine_tune_blocks} must be between 1 and {spec.name}'s "
+                f"{len(spec.blocks)} blocks, or 'all'"
             )
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError("val_fraction + test_fraction must stay below 0.8 to leave data to train on")

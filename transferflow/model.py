@@ -29,14 +29,26 @@ class BackbonePreprocess(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
+def augmentation() -> keras.Sequential:
+    """Random flip, rotation, zoom and contrast: active in training only, identity at inference."""
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal"),
+        keras.layers.RandomRotation(0.1),
+        keras.layers.RandomZoom(0.1),
+        keras.layers.RandomContrast(0.1, value_range=(0, 255)),
+    ], name="augment")
+
+
 def build_classifier(base: keras.Model, spec: BackboneSpec, num_classes: int,
-                     dropout: float) -> keras.Model:
-    """raw pixels -> preprocess -> frozen backbone (training=False) -> pool -> dropout -> softmax."""
+                     dropout: float, augment: bool = False) -> keras.Model:
+    """raw pixels -> [augment] -> preprocess -> frozen backbone (training=False) -> pool -> dropout
+    -> softmax. The softmax layer is float32 under any mixed-precision policy."""
     base.trainable = False
     base.name = BACKBONE_LAYER
     size = base.input_shape[1]
     inputs = keras.Input(shape=(size, size, 3), name="image")
-    x = BackbonePreprocess(spec.name, name="preprocess")(inputs)
+    x = augmentation()(inputs) if augment else inputs
+    x = BackbonePreprocess(spec.name, name="preprocess")(x)
     # training=False keeps BatchNorm layers in inference mode, even when unfrozen later.
     x = base(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
@@ -46,13 +58,14 @@ def build_classifier(base: keras.Model, spec: BackboneSpec, num_classes: int,
     return keras.Model(inputs, outputs, name=f"{spec.name}_classifier")
 
 
-def unfreeze_top_blocks(model: keras.Model, spec: BackboneSpec, blocks: int) -> list[str]:
-    """Make the backbone's last `blocks` blocks trainable; returns the unfrozen layer names.
+def unfreeze_top_blocks(model: keras.Model, spec: BackboneSpec, blocks: int | str) -> list[str]:
+    """Make the backbone's last `blocks` blocks (or "all") trainable; returns the unfrozen layers.
 
-    BatchNorm layers stay frozen: their statistics are not meant for small datasets.
+    BatchNorm layers stay frozen: their statistics are not meant for small datasets, and the
+    backbone is called with training=False, so they also stay in inference mode.
     """
     base = model.get_layer(BACKBONE_LAYER)
-    top = spec.blocks[-blocks:]
+    top = ("",) if blocks == "all" else spec.blocks[-blocks:]
     base.trainable = True
     unfrozen = []
     for layer in base.layers:
@@ -66,6 +79,39 @@ def unfreeze_top_blocks(model: keras.Model, spec: BackboneSpec, blocks: int) -> 
         raise ConfigError(f"fine_tune_blocks={blocks} unfreezes no weights of {spec.name} "
                           f"(blocks {list(top)}); raise fine_tune_blocks")
     return unfrozen
+
+
+def rebuild_classifier(model: keras.Model, policy: str | None = None) -> keras.Model:
+    """The same architecture and weights under another dtype policy (default: the current one),
+    created in the current distribution scope.
+
+    A model keeps the dtype policy it was built or saved with. Rebuilding from its own config
+    lets a float32 artifact fine-tune in mixed precision, and a mixed-precision model be saved
+    as float32, without touching its structure. The classifier layer stays float32.
+    """
+    policy = policy or keras.config.dtype_policy().name
+    config = _with_policy(keras.saving.serialize_keras_object(model), policy)
+    fresh = keras.saving.deserialize_keras_object(config)
+    fresh.set_weights(model.get_weights())
+    for layer in fresh._flatten_layers():
+        if isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()  # it computes from copies of its weights; set_weights alone is ignored
+    return fresh
+
+
+def _with_policy(node, policy: str):
+    """A copy of a serialized model with every layer's DTypePolicy set to `policy`, except the
+    float32 classifier's."""
+    if isinstance(node, list):
+        return [_with_policy(item, policy) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("class_name") == "DTypePolicy":
+        return {**node, "config": {**node["config"], "name": policy}}
+    layer_config = node.get("config")
+    if isinstance(layer_config, dict) and layer_config.get("name") == "classifier":
+        return node
+    return {key: _with_policy(value, policy) for key, value in node.items()}
 
 
 def load_classifier(path: str) -> keras.Model:

@@ -12,6 +12,7 @@ import os
 from pydantic import BaseModel
 
 from transferflow import backbones, storage
+from transferflow.compute import FLOAT32, ComputePlan, compute_scope, plan_compute
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, PrepareOptions, load_prepared, prepare_dataset
 from transferflow.gate import GateDecision, keep_fine_tuned
@@ -79,50 +80,125 @@ def build_backbone(config: RetrainConfig, logger=log) -> BackboneRef:
 def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef, run_id: str,
                logger=log, on_epoch=None) -> PhaseOutcome:
     """Train a new head on the frozen backbone and stage the model."""
+    import keras
+
     from transferflow import model as modeling
+    from transferflow.training import fit_head_on_features, fit_phase
 
     spec = backbones.get_spec(backbone.name)
-    base = backbones.construct(spec, config.image_size, backbones.resolve_weights(config.weights))
-    classifier = modeling.build_classifier(base, spec, len(dataset.class_names), config.dropout)
-    return _fit_and_stage(classifier, "head", config, dataset, run_id, config.head_epochs,
-                          config.head_learning_rate, logger, on_epoch)
+    weights_file = backbones.resolve_weights(config.weights)
+    data = load_prepared(dataset)
+    plan = plan_for(config, logger)
+    extra = {}
+    with compute_scope(plan):
+        keras.utils.set_random_seed(config.seed)  # so that weights "none" are reproducible
+        base = backbones.construct(spec, config.image_size, weights_file)
+        classifier = modeling.build_classifier(base, spec, len(dataset.class_names), config.dropout,
+                                               augment=config.augment)
+        options = _fit_options(config, plan, data, logger, on_epoch, config.head_epochs,
+                               config.head_learning_rate)
+        if config.cache_features and not config.augment:
+            features, extra["features"] = head_features(config, dataset, backbone, classifier, data, plan,
+                                                        logger)
+            metrics = fit_head_on_features(classifier, data.splits["train"], data.splits["val"],
+                                           features=features, **options)
+        else:
+            if config.cache_features:
+                logger.info("augmentation is on, so every epoch sees new images: features are not "
+                            "cached and the head trains end to end")
+            metrics = fit_phase(classifier, "head", data.splits["train"], data.splits["val"], **options)
+    return _stage(classifier, "head", config, run_id, metrics.as_dict() | extra, plan)
 
 
 def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, run_id: str,
               logger=log, on_epoch=None) -> FineTuneOutcome:
     """Unfreeze the top blocks, train at a low rate, keep the result only if val did not drop."""
     from transferflow import model as modeling
+    from transferflow.training import fit_phase
 
     spec = backbones.get_spec(config.backbone)
-    classifier = modeling.load_from(head.model_uri)
-    unfrozen = modeling.unfreeze_top_blocks(classifier, spec, config.fine_tune_blocks)
-    logger.info("fine-tuning %d layers of %s (top %d blocks) at learning rate %g",
-                len(unfrozen), spec.name, config.fine_tune_blocks, config.fine_tune_learning_rate)
-    tuned = _fit_and_stage(classifier, "fine_tune", config, dataset, run_id, config.fine_tune_epochs,
-                           config.fine_tune_learning_rate, logger, on_epoch)
+    trained_head = modeling.load_from(head.model_uri)
+    data = load_prepared(dataset)
+    plan = plan_for(config, logger)
+    with compute_scope(plan):
+        classifier = modeling.rebuild_classifier(trained_head)
+        unfrozen = modeling.unfreeze_top_blocks(classifier, spec, config.fine_tune_blocks)
+        logger.info("fine-tuning %d layers of %s (top %s blocks) at learning rate %g, %s schedule",
+                    len(unfrozen), spec.name, config.fine_tune_blocks, config.fine_tune_learning_rate,
+                    config.fine_tune_schedule)
+        options = _fit_options(config, plan, data, logger, on_epoch, config.fine_tune_epochs,
+                               config.fine_tune_learning_rate)
+        metrics = fit_phase(classifier, "fine_tune", data.splits["train"], data.splits["val"],
+                            schedule=config.fine_tune_schedule, **options)
+    tuned = _stage(classifier, "fine_tune", config, run_id, metrics.as_dict(), plan)
     tuned.metrics["unfrozen_layers"] = unfrozen
     kept = keep_fine_tuned(head.metrics["val_accuracy"], tuned.metrics["val_accuracy"])
     logger.info(kept.reason)
     return FineTuneOutcome(tuned=tuned, kept=kept, chosen=tuned if kept.passed else head)
 
 
-def _fit_and_stage(classifier, phase: str, config: RetrainConfig, dataset: DatasetRef, run_id: str,
-                   epochs: int, learning_rate: float, logger, on_epoch) -> PhaseOutcome:
-    """Train one phase on the prepared data, then stage the model under the run's prefix."""
-    from transferflow import model as modeling
-    from transferflow.training import fit_head_on_features, fit_phase
+def plan_for(config: RetrainConfig, logger=log) -> ComputePlan:
+    """The precision, XLA and strategy this worker will use, logged with the reasons."""
+    plan = plan_compute(config.mixed_precision, config.xla, config.strategy)
+    logger.info("compute: %s", plan.describe(config.batch_size))
+    return plan
 
-    data = load_prepared(dataset)
-    settings = dict(epochs=epochs, learning_rate=learning_rate, batch_size=config.batch_size,
-                    patience=config.patience, seed=config.seed, logger=logger, on_epoch=on_epoch)
-    if phase == "head" and config.cache_features:
-        metrics = fit_head_on_features(classifier, data.splits["train"], data.splits["val"], **settings)
-    else:
-        metrics = fit_phase(classifier, phase, data.splits["train"], data.splits["val"], **settings)
+
+def _fit_options(config: RetrainConfig, plan: ComputePlan, data, logger, on_epoch, epochs: int,
+                 learning_rate: float) -> dict:
+    from transferflow.training import balanced_class_weights
+
+    class_weight = None
+    if config.balance_classes:
+        class_weight = balanced_class_weights(data.splits["train"][1], len(data.class_names))
+        logger.info("class weights (inverse frequency): %s",
+                    {data.class_names[c]: round(w, 3) for c, w in class_weight.items()})
+    return dict(epochs=epochs, learning_rate=learning_rate, batch_size=plan.global_batch(config.batch_size),
+                patience=config.patience, seed=config.seed, logger=logger, on_epoch=on_epoch,
+                class_weight=class_weight, jit_compile=plan.jit_compile)
+
+
+def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef, classifier, data,
+                  plan: ComputePlan, logger=log) -> tuple[dict, dict]:
+    """The backbone's pooled features for train and val: from object storage when an earlier run
+    computed them for the same dataset, backbone, weights and image size, else computed and stored."""
+    import time
+
+    import keras
+
+    from transferflow.features import FeatureKey, load_features, save_features, weights_identity
+    from transferflow.training import extract_features
+
+    key = FeatureKey(dataset_uri=dataset.uri, dataset_fingerprint=dataset.fingerprint,
+                     backbone=backbone.name, image_size=config.image_size, precision=plan.precision,
+                     weights=weights_identity(config.weights, backbone.weights_sha256, config.seed),
+                     keras=keras.__version__)
+    stored = load_features(key)
+    if stored is not None and {"train", "val"} <= set(stored):
+        logger.info("reusing backbone features from %s (same dataset, backbone, weights and size)",
+                    key.uri())
+        return stored, {"source": "reused", "uri": key.uri()}
+    started = time.monotonic()
+    splits = {name: data.splits[name] for name in ("train", "val")}
+    features = extract_features(classifier, splits, plan.global_batch(config.batch_size))
+    uri = save_features(key, features)
+    seconds = time.monotonic() - started
+    logger.info("backbone features computed once for %d train + %d val images (%.1fs), stored at %s; "
+                "training the head on them", len(splits["train"][0]), len(splits["val"][0]), seconds, uri)
+    return features, {"source": "computed", "uri": uri, "seconds": round(seconds, 2)}
+
+
+def _stage(classifier, phase: str, config: RetrainConfig, run_id: str, metrics: dict,
+           plan: ComputePlan) -> PhaseOutcome:
+    """Save the phase's model under the run's prefix, always as float32 so it serves anywhere."""
+    from transferflow import model as modeling
+
+    if plan.precision != FLOAT32:
+        classifier = modeling.rebuild_classifier(classifier, FLOAT32)
     uri = f"{run_prefix(run_id)}/{phase}.keras"
     sha, size = modeling.save_to(classifier, uri)
-    return PhaseOutcome(phase=phase, model_uri=uri, sha256=sha, size=size, metrics=metrics.as_dict(),
-                        ran_on=runtime_info())
+    return PhaseOutcome(phase=phase, model_uri=uri, sha256=sha, size=size,
+                        metrics={**metrics, "compute": plan.as_dict()}, ran_on=runtime_info())
 
 
 def runtime_info() -> dict:

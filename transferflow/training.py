@@ -93,24 +93,54 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def compile_for(model: keras.Model, learning_rate: float) -> None:
+def compile_for(model: keras.Model, learning_rate, jit_compile: bool = False) -> None:
+    """Adam on sparse labels; `learning_rate` is a float or a Keras schedule."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit_compile)
+
+
+def learning_rate_for(schedule: str, learning_rate: float, steps_per_epoch: int, epochs: int):
+    """A constant rate, cosine decay to 0, or a one-epoch linear warm-up then cosine decay.
+
+    The warm-up starts at 0 so the first updates to freshly unfrozen weights are small; it
+    lasts one epoch but never more than a fifth of the phase.
+    """
+    total = steps_per_epoch * epochs
+    if schedule == "constant":
+        return learning_rate
+    if schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total)
+    if schedule == "warmup_cosine":
+        warmup = max(1, min(steps_per_epoch, total // 5))
+        return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, total - warmup),
+                                                      warmup_target=learning_rate, warmup_steps=warmup)
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+
+
+def balanced_class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Inverse class frequency, scaled so a balanced dataset gets 1.0 for every class."""
+    counts = np.bincount(y, minlength=num_classes)
+    return {c: float(len(y) / (num_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
 
 
 def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learning_rate: float,
               batch_size: int, patience: int, seed: int, logger=log,
-              on_epoch: Callable[[int, int], None] | None = None) -> PhaseMetrics:
-    """Compile, fit with early stopping (best weights restored), then measure on val."""
+              on_epoch: Callable[[int, int], None] | None = None, schedule: str = "constant",
+              class_weight: dict[int, float] | None = None, jit_compile: bool = False) -> PhaseMetrics:
+    """Compile, fit with early stopping (best weights restored), then measure on val.
+
+    `batch_size` is the global batch (all replicas together).
+    """
     keras.utils.set_random_seed(seed)
-    compile_for(model, learning_rate)  # recompile: `trainable` may have changed
     x_train, y_train = train
     steps = math.ceil(len(x_train) / batch_size)
+    # recompile: `trainable` may have changed
+    compile_for(model, learning_rate_for(schedule, learning_rate, steps, epochs), jit_compile)
     started = time.monotonic()
     history = model.fit(
         make_dataset(x_train, y_train, batch_size, True, seed),
         validation_data=make_dataset(*val, batch_size, False, seed),
-        epochs=epochs, verbose=0,
+        epochs=epochs, verbose=0, class_weight=class_weight, shuffle=False,  # the dataset shuffles
         callbacks=[
             keras.callbacks.TerminateOnNaN(),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
@@ -131,22 +161,31 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
     )
 
 
+def extract_features(classifier: keras.Model, splits: dict, batch_size: int) -> dict[str, np.ndarray]:
+    """The pooled backbone output (what the head sees) for each split's images, as float32."""
+    extractor = keras.Model(classifier.input, classifier.get_layer("pool").output)
+    return {name: np.asarray(extractor.predict(make_dataset(x, y, batch_size, False, 0), verbose=0),
+                             dtype=np.float32)
+            for name, (x, y) in splits.items()}
+
+
 def fit_head_on_features(classifier: keras.Model, train, val, *, epochs: int, learning_rate: float,
                          batch_size: int, patience: int, seed: int, logger=log,
-                         on_epoch: Callable[[int, int], None] | None = None) -> PhaseMetrics:
+                         on_epoch: Callable[[int, int], None] | None = None,
+                         features: dict[str, np.ndarray] | None = None, **fit_options) -> PhaseMetrics:
     """Train the head of a frozen-backbone classifier on features computed once.
 
     With the backbone frozen (and no augmentation), every epoch would feed the same
-    images through the same backbone. Instead: run it once over train and val, train
-    dropout -> dense on the pooled features, then copy the dense weights back into the
-    classifier. Same model, same math; the backbone's cost is paid once, not per epoch.
+    images through the same backbone. Instead: run it once over train and val (or take
+    `features` computed earlier), train dropout -> dense on the pooled features, then copy
+    the dense weights back into the classifier. Same model, same math; the backbone's cost
+    is paid once, not per epoch.
     """
     started = time.monotonic()
-    extractor = keras.Model(classifier.input, classifier.get_layer("pool").output)
-    features = {name: extractor.predict(make_dataset(x, y, batch_size, False, seed), verbose=0)
-                for name, (x, y) in (("train", train), ("val", val))}
-    logger.info("backbone features computed once for %d train + %d val images (%.1fs); training the "
-                "head on them", len(train[0]), len(val[0]), time.monotonic() - started)
+    if features is None:
+        features = extract_features(classifier, {"train": train, "val": val}, batch_size)
+        logger.info("backbone features computed once for %d train + %d val images (%.1fs); training "
+                    "the head on them", len(train[0]), len(val[0]), time.monotonic() - started)
     dense = classifier.get_layer("classifier")
     head = keras.Sequential([
         keras.Input((features["train"].shape[1],)),
@@ -156,7 +195,7 @@ def fit_head_on_features(classifier: keras.Model, train, val, *, epochs: int, le
     head.get_layer("classifier").set_weights(dense.get_weights())
     metrics = fit_phase(head, "head", (features["train"], train[1]), (features["val"], val[1]),
                         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                        patience=patience, seed=seed, logger=logger, on_epoch=on_epoch)
+                        patience=patience, seed=seed, logger=logger, on_epoch=on_epoch, **fit_options)
     dense.set_weights(head.get_layer("classifier").get_weights())
     metrics.seconds = time.monotonic() - started
     return metrics

@@ -39,8 +39,16 @@ def test_unknown_parameters_are_refused():
 
 
 def test_fine_tune_blocks_cannot_exceed_the_backbone():
-    with pytest.raises(ValidationError, match="exceeds vgg16's 5 blocks"):
+    with pytest.raises(ValidationError, match="between 1 and vgg16's 5 blocks, or 'all'"):
         RetrainConfig(fine_tune_blocks=6)
+    with pytest.raises(ValidationError, match="fine_tune_blocks"):
+        RetrainConfig(fine_tune_blocks="most")
+
+
+def test_fine_tune_blocks_takes_all_or_a_number_from_strings():
+    """CLI flags and UI forms hand the value over as text."""
+    assert RetrainConfig(fine_tune_blocks="all").fine_tune_blocks == "all"
+    assert RetrainConfig(fine_tune_blocks="3").fine_tune_blocks == 3
 
 
 def test_weights_uri_forms_are_accepted():
