@@ -3,8 +3,8 @@
 `plan_compute` decides from the visible accelerators and the run's flags, and says why;
 `compute_scope` applies a plan while models are built and trained. Defaults turn on
 only what helps on the hardware found: mixed precision and XLA on GPUs, neither on CPUs
-(where float16 maths is emulated and XLA's compile time is rarely paid back on a small
-head), and MirroredStrategy when a worker has more than one GPU.
+(where half-precision maths is emulated, and where Keras itself leaves XLA off), and
+MirroredStrategy when a worker has more than one GPU.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _choose_jit(wanted: bool, gpus: list[Accelerator]) -> tuple[bool, str]:
     if not wanted:
         return False, "XLA switched off"
     if not gpus:
-        return False, "no GPU: XLA's compile time is not paid back on a CPU"
+        return False, "no GPU: XLA stays off on CPUs, as in Keras's own default"
     return True, "XLA compiles the training step for the GPU"
 
 

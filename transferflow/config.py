@@ -172,7 +172,8 @@ class RetrainConfig(BaseModel):
     def _cross_checks(self) -> RetrainConfig:
         spec = BACKBONES[self.backbone]
         if self.image_size < spec.min_size:
-            raise ValueError(f"image_size {self.image_size} is below {spec.name}'s minimum {spec.min_size}")
+            raise ValueError(f"image_size {self.image_size} is below {spec.name}'s minimum {spec.min_size}: "
+                             f"set image_size to at least {spec.min_size} or choose another backbone")
         if self.fine_tune_blocks != "all" and not 1 <= self.fine_tune_blocks <= len(spec.blocks):
             raise ValueError(
                 f"fine_tune_blocks {self.fine_tune_blocks} must be between 1 and {spec.name}'s "
