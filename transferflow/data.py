@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
+import shutil
 import tempfile
+import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from transferflow import downloads, storage
+from transferflow import downloads, mirror, storage
+from transferflow.builtins import BUILTINS, Folder
 from transferflow.config import dataset_slug
 from transferflow.errors import DatasetError
+from transferflow.mirror import RemoteFile, RemoteSource
 
 log = logging.getLogger(__name__)
 
@@ -32,39 +34,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 SPLITS = ("train", "val", "test")
 MIN_TRAIN_PER_CLASS = 1
-PREPARED_FORMAT = 1  # bump when the prepared layout changes, so old caches are not reused
-
-
-@dataclass(frozen=True)
-class Builtin:
-    url: str
-    sha256: str
-    size: int
-    reader: Callable[[Path], tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]]
-
-
-def _read_cifar10(root: Path):
-    """CIFAR-10 binary version: records of 1 label byte + 32x32x3 planar bytes."""
-    base = root / "cifar-10-batches-bin"
-    names = [n for n in (base / "batches.meta.txt").read_text().split() if n]
-
-    def read(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        raw = np.concatenate([np.fromfile(base / f, dtype=np.uint8) for f in files]).reshape(-1, 3073)
-        images = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(images), raw[:, 0].astype(np.int32)
-
-    train = read([f"data_batch_{i}.bin" for i in range(1, 6)])
-    return {"train": train, "test": read(["test_batch.bin"])}, names
-
-
-BUILTINS: dict[str, Builtin] = {
-    "cifar10": Builtin(
-        url="https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-        sha256="c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
-        size=170052171,
-        reader=_read_cifar10,
-    ),
-}
+PREPARED_FORMAT = 2  # bump when the prepared layout changes, so old caches are not reused
 
 
 class DatasetRef(BaseModel):
@@ -115,14 +85,27 @@ class FolderScan:
 
 # ---------------------------------------------------------------- locating sources
 
-def locate(dataset: str, logger=log) -> tuple[str, Path | None]:
-    """Return ('builtin', None) for built-ins, else ('folder', local folder with the images)."""
+def remote_source(dataset: str) -> RemoteSource | None:
+    """Built-ins and http(s) archives: sources read from outside object storage (and mirrored)."""
     if dataset in BUILTINS:
-        return "builtin", None
+        files = BUILTINS[dataset].files
+        return RemoteSource(identity=f"builtin:{dataset}:" + ",".join(f.sha256 for f in files), shown=dataset,
+                            files=tuple(RemoteFile(f.url, downloads.Checksum("sha256", f.sha256))
+                                        for f in files))
     if dataset.startswith(("http://", "https://")):
-        return "folder", _fetch_url_archive(dataset, logger)
+        base, checksum = downloads.Checksum.from_fragment(dataset)
+        if not base.split("?", 1)[0].lower().endswith(ARCHIVE_SUFFIXES):
+            raise DatasetError(f"{downloads.redact(base)} is not an archive URL (.tar.gz, .tgz, .tar, .zip)")
+        pin = f"#{checksum.algorithm}={checksum.hexdigest}" if checksum else ""
+        return RemoteSource(identity=downloads.redact(base) + pin, shown=downloads.redact(dataset),
+                            files=(RemoteFile(base, checksum),))
+    return None
+
+
+def local_folder(dataset: str, logger=log) -> Path:
+    """The local folder holding an s3:// or local dataset's images (synced or extracted)."""
     if dataset.startswith("s3://"):
-        return "folder", _fetch_s3(dataset, logger)
+        return _fetch_s3(dataset, logger)
     path = Path(dataset.removeprefix("file://")).expanduser()
     if not path.exists():
         known = ", ".join(sorted(BUILTINS))
@@ -130,18 +113,11 @@ def locate(dataset: str, logger=log) -> tuple[str, Path | None]:
             f"dataset {dataset!r} does not exist: pass a folder with one subfolder per class, "
             f"an archive, s3://bucket/prefix/, an http(s) URL, or a built-in ({known})")
     if path.is_file():
-        return "folder", _extract_cached(path, hashlib.sha256(str(path.resolve()).encode()).hexdigest())
-    return "folder", path
-
-
-def _fetch_url_archive(url: str, logger) -> Path:
-    base, checksum = downloads.Checksum.from_fragment(url)
-    if not base.lower().endswith(ARCHIVE_SUFFIXES):
-        raise DatasetError(f"{base} is not an archive URL (.tar.gz, .tgz, .tar, .zip)")
-    key = hashlib.sha256(base.encode()).hexdigest()[:16]
-    archive = storage.cache_dir() / "downloads" / key / base.rsplit("/", 1)[-1]
-    downloads.download(base, archive, checksum, logger=logger)
-    return _extract_cached(archive, key, discard_on_failure=True)
+        if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+            raise DatasetError(f"dataset {dataset!r} is a file but not an archive "
+                               "(.tar.gz, .tgz, .tar, .zip)")
+        return _extract_cached(path, hashlib.sha256(str(path.resolve()).encode()).hexdigest())
+    return path
 
 
 def _extract_cached(archive: Path, key: str, discard_on_failure: bool = False) -> Path:
@@ -307,24 +283,62 @@ def fingerprint_folder(scan: FolderScan) -> str:
 
 # ---------------------------------------------------------------- decoding
 
-def decode_images(paths: list[Path], image_size: int) -> np.ndarray:
-    """Decode JPEG/PNG/BMP/GIF to RGB and resize to image_size x image_size, as uint8."""
+@dataclass
+class Decoded:
+    """Decoded images, and the positions (in the input list) of files that could not be decoded."""
+
+    images: np.ndarray  # uint8 (N - len(bad), size, size, 3), in input order
+    bad: list[int]
+
+
+def decode_images(paths: list[Path], image_size: int) -> Decoded:
+    """Decode JPEG/PNG/BMP/GIF to RGB (grayscale and alpha converted) at image_size x image_size.
+
+    A parallel tf.data pipeline. JPEGs are decoded at 1/2, 1/4 or 1/8 scale when the image is
+    that much larger than the target (libjpeg's DCT scaling: most of the work is skipped), and
+    the resize antialiases only when it still shrinks by 2x or more. Corrupt or truncated files
+    are skipped and reported, not fatal: the caller decides how many it tolerates.
+    """
     import tensorflow as tf
 
-    def one(path: Path) -> np.ndarray:
-        try:
-            image = tf.io.decode_image(path.read_bytes(), channels=3, expand_animations=False)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as exc:
-            raise DatasetError(f"image {path} is unreadable ({exc.message.splitlines()[0]}): "
-                               "replace or delete the file") from None
-        resized = tf.image.resize(image, (image_size, image_size), antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
-
+    names = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
+    indexed = tf.data.Dataset.zip(tf.data.Dataset.range(len(paths)), names)
+    decoded = (indexed.map(lambda i, name: (i, _decode_resize(tf.io.read_file(name), image_size)),
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+               .ignore_errors()
+               .batch(256)
+               .prefetch(2))
     out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
-    with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
-        for i, image in enumerate(pool.map(one, paths)):
-            out[i] = image
-    return out
+    good = np.zeros(len(paths), dtype=bool)
+    for index, images in decoded.as_numpy_iterator():
+        out[index] = images
+        good[index] = True
+    return Decoded(images=out[good], bad=np.flatnonzero(~good).tolist())
+
+
+def _decode_resize(contents, size: int):
+    import tensorflow as tf
+
+    image = tf.cond(tf.io.is_jpeg(contents), lambda: _decode_jpeg_scaled(contents, size),
+                    lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
+    image.set_shape([None, None, 3])
+    shrink = tf.cast(tf.reduce_min(tf.shape(image)[:2]), tf.float32) / size
+    resized = tf.cond(shrink >= 2.0,
+                      lambda: tf.image.resize(image, (size, size), antialias=True),
+                      lambda: tf.image.resize(image, (size, size)))
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def _decode_jpeg_scaled(contents, size: int):
+    """Decode at the smallest DCT scale (1/8, 1/4, 1/2, 1) that still covers size x size."""
+    import tensorflow as tf
+
+    shape = tf.image.extract_jpeg_shape(contents)
+    smallest = tf.minimum(shape[0], shape[1])
+    branches = [(smallest >= size * ratio,
+                 lambda ratio=ratio: tf.io.decode_jpeg(contents, channels=3, ratio=ratio))
+                for ratio in (8, 4, 2)]
+    return tf.case(branches, default=lambda: tf.io.decode_jpeg(contents, channels=3), exclusive=False)
 
 
 def resize_array(images: np.ndarray, image_size: int, batch: int = 1024) -> np.ndarray:
@@ -392,74 +406,139 @@ class PrepareOptions:
     val_fraction: float
     test_fraction: float
     seed: int
+    max_bad_fraction: float = 0.01  # corrupt images tolerated (skipped) before the stage fails
 
 
 def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = None,
                     logger=log) -> DatasetRef:
     """Check and prepare a dataset; store it under datasets/<name>/<fingerprint>/ in S3.
 
-    Reuses the stored copy when the same data was prepared with the same options.
+    Remote sources (built-ins, http(s) archives) are read from their mirror in object storage
+    when one exists, and mirrored after their first download. The prepared copy is reused
+    when the same data was prepared with the same options.
     """
     bucket = bucket or storage.bucket_name()
     shown = downloads.redact(dataset)  # a presigned URL's token never reaches logs or metadata
-    kind, folder = locate(dataset, logger)
-    if kind == "builtin":
-        fingerprint, build = _builtin_source(dataset, options.image_size, logger)
+    remote = remote_source(dataset)
+    entry = mirror.lookup(bucket, remote, logger) if remote else None
+    if entry is not None and (ref := _stored(bucket, dataset, entry["fingerprint"], options, logger)):
+        return ref  # the origin was not contacted, nothing was downloaded
+    if remote is not None:
+        paths = mirror.fetch(bucket, entry, logger) if entry else mirror.download(remote, logger)
+        fingerprint, build = _remote_builder(dataset, remote, paths, options, logger)
     else:
-        scan = scan_folder(folder, label=shown)
+        scan = scan_folder(local_folder(dataset, logger), label=shown)
         if scan.ignored:
             logger.info("ignored %d files that are not images (%s)", scan.ignored, ", ".join(IMAGE_SUFFIXES))
-        fingerprint = fingerprint_folder(scan)
-        build = _folder_builder(scan, options.image_size, logger)
+        fingerprint, build = fingerprint_folder(scan), _folder_builder(scan, options, shown, logger)
+    ref = _stored(bucket, dataset, fingerprint, options, logger) or _prepare(
+        dataset, fingerprint, build, options, bucket, logger)
+    if remote is not None and entry is None:
+        mirror.publish(bucket, remote, dataset_slug(dataset), fingerprint, paths, logger)
+    return ref
+
+
+def _keys(dataset: str, fingerprint: str, options: PrepareOptions) -> tuple[str, str]:
     prefix = f"datasets/{dataset_slug(dataset)}/{fingerprint[:16]}"
     variant = (f"{options.image_size}px-v{options.val_fraction}-t{options.test_fraction}"
                f"-s{options.seed}-f{PREPARED_FORMAT}")
-    manifest_key = f"{prefix}/{variant}.json"
-    cached = storage.get_json(bucket, manifest_key)
-    if cached is not None:
-        logger.info("dataset %s already prepared as s3://%s/%s", shown, bucket, manifest_key)
-        return DatasetRef.model_validate(cached[0])
+    return prefix, variant
+
+
+def _stored(bucket: str, dataset: str, fingerprint: str, options: PrepareOptions,
+            logger) -> DatasetRef | None:
+    """The prepared copy of these data with these options, if one is stored."""
+    prefix, variant = _keys(dataset, fingerprint, options)
+    cached = storage.get_json(bucket, f"{prefix}/{variant}.json")
+    if cached is None:
+        return None
+    logger.info("dataset %s already prepared as s3://%s/%s/%s.npz", downloads.redact(dataset), bucket,
+                prefix, variant)
+    return DatasetRef.model_validate(cached[0])
+
+
+def _prepare(dataset: str, fingerprint: str, build, options: PrepareOptions, bucket: str,
+             logger) -> DatasetRef:
+    prefix, variant = _keys(dataset, fingerprint, options)
     class_names, given = build()
     splits, origin = complete_splits(given, options.val_fraction, options.test_fraction,
                                      options.seed, class_names)
     prepared = PreparedDataset(class_names, splits)
-    ref = DatasetRef(name=dataset_slug(dataset), source=shown, fingerprint=fingerprint,
+    ref = DatasetRef(name=dataset_slug(dataset), source=downloads.redact(dataset), fingerprint=fingerprint,
                      uri=f"s3://{bucket}/{prefix}/{variant}.npz",
                      class_names=class_names, image_size=options.image_size,
                      split_origin=origin, counts=prepared.counts())
-    _store(prepared, ref, bucket, manifest_key)
-    logger.info("prepared %s: %s", shown, _summary(ref))
+    _store(prepared, ref, bucket, f"{prefix}/{variant}.json")
+    logger.info("prepared %s: %s", ref.source, _summary(ref))
     return ref
 
 
-def _builtin_source(name: str, image_size: int, logger):
-    builtin = BUILTINS[name]
-    fingerprint = hashlib.sha256(f"builtin:{name}:{builtin.sha256}".encode()).hexdigest()
+def _remote_builder(dataset: str, remote: RemoteSource, paths: list[Path], options: PrepareOptions,
+                    logger):
+    """Fingerprint and builder for downloaded (or mirrored) files of a built-in or archive URL."""
+    extracted: list[Path] = []
+
+    def extract(archive: Path) -> Path:
+        extracted.append(_extract_cached(archive, storage.sha256_file(archive)[:16], discard_on_failure=True))
+        return extracted[-1]
+
+    if dataset not in BUILTINS:
+        scan = scan_folder(extract(paths[0]), label=remote.shown)
+        return fingerprint_folder(scan), _folder_builder(scan, options, remote.shown, logger)
+    # A built-in's content is pinned by its checksums: they are its fingerprint.
+    fingerprint = hashlib.sha256(remote.identity.encode()).hexdigest()
 
     def build():
-        archive = storage.cache_dir() / "downloads" / name / builtin.url.rsplit("/", 1)[-1]
-        downloads.download(builtin.url, archive, downloads.Checksum("sha256", builtin.sha256),
-                           logger=logger)
-        root = _extract_cached(archive, f"builtin-{name}", discard_on_failure=True)
-        splits, class_names = builtin.reader(root)
-        if any(x.shape[1] != image_size for x, _ in splits.values()):
-            logger.info("resizing %s to %dpx", name, image_size)
-        return class_names, {s: (resize_array(x, image_size), y) for s, (x, y) in splits.items()}
+        try:
+            data = BUILTINS[dataset].read(paths, extract)
+        except DatasetError:  # damaged files: the next run must fetch and unpack them afresh
+            for path in [*paths, *extracted]:
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            raise
+        if isinstance(data, Folder):
+            return _folder_builder(scan_folder(data.root, label=dataset), options, dataset, logger)()
+        if any(x.shape[1] != options.image_size for x, _ in data.splits.values()):
+            logger.info("resizing %s to %dpx", dataset, options.image_size)
+        return data.class_names, {s: (resize_array(x, options.image_size), y)
+                                  for s, (x, y) in data.splits.items()}
 
     return fingerprint, build
 
 
-def _folder_builder(scan: FolderScan, image_size: int, logger):
+def _folder_builder(scan: FolderScan, options: PrepareOptions, source: str, logger):
     def build():
         total = sum(len(f) for f in scan.files.values())
-        logger.info("decoding %d images in %d classes at %dpx", total, len(scan.class_names), image_size)
-        splits = {}
+        logger.info("decoding %d images in %d classes at %dpx", total, len(scan.class_names),
+                    options.image_size)
+        started = time.monotonic()
+        splits, bad = {}, []
         for split, files in scan.files.items():
             if files:
-                images = decode_images([p for p, _ in files], image_size)
-                splits[split] = (images, np.array([label for _, label in files], dtype=np.int32))
+                decoded = decode_images([p for p, _ in files], options.image_size)
+                labels = np.array([label for _, label in files], dtype=np.int32)
+                splits[split] = (decoded.images, np.delete(labels, decoded.bad))
+                bad += [files[i][0] for i in decoded.bad]
+        elapsed = max(time.monotonic() - started, 1e-6)
+        logger.info("decoded %d images in %.1fs (%.0f images/s)", total - len(bad), elapsed,
+                    (total - len(bad)) / elapsed)
+        _check_bad_images(bad, total, options.max_bad_fraction, scan.root, source, logger)
         return scan.class_names, splits
     return build
+
+
+def _check_bad_images(bad: list[Path], total: int, limit: float, root: Path, source: str, logger) -> None:
+    """Skip a few corrupt files with a count in the log; fail when more than `limit` are bad."""
+    if not bad:
+        return
+    shown = [p.relative_to(root).as_posix() for p in bad[:5]]
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    if len(bad) > limit * total:
+        raise DatasetError(
+            f"dataset {source}: {len(bad)} of {total} images ({len(bad) / total:.1%}) are corrupt or "
+            f"unreadable, above the limit of {limit:.1%}: {', '.join(shown)}{more}. Replace or delete "
+            "them, or raise max_bad_image_fraction.")
+    logger.warning("skipped %d corrupt or unreadable images of %d: %s%s", len(bad), total,
+                   ", ".join(shown), more)
 
 
 def _store(prepared: PreparedDataset, ref: DatasetRef, bucket: str, manifest_key: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import logging
+import os
 import shutil
 import tarfile
 import time
@@ -86,6 +87,18 @@ def download(url: str, target: Path, checksum: Checksum | None = None, *,
     return target
 
 
+def probe(url: str, timeout: float = 10.0) -> dict | None:
+    """What the origin says about `url` now (ETag, Last-Modified, size), or None if unreachable."""
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "transferflow"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            headers = response.headers
+            return {"etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
+                    "size": int(headers["Content-Length"]) if headers.get("Content-Length") else None}
+    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, ValueError):
+        return None
+
+
 def redact(url: str) -> str:
     """The URL without its query string, which may carry a token (presigned URLs)."""
     return url.split("?", 1)[0] + ("?…" if "?" in url else "")
@@ -150,8 +163,23 @@ def _matches(path: Path, checksum: Checksum) -> bool:
     return _digest(path, checksum.algorithm) == checksum.hexdigest
 
 
-def extract(archive: Path, target: Path, max_bytes: int = 20 << 30, max_files: int = 2_000_000) -> Path:
-    """Unpack a .tar(.gz)/.tgz/.zip into `target`, refusing unsafe members."""
+MAX_BYTES_VAR, MAX_FILES_VAR = "TRANSFERFLOW_MAX_EXTRACT_BYTES", "TRANSFERFLOW_MAX_EXTRACT_FILES"
+
+
+def extraction_limits() -> tuple[int, int]:
+    """Total bytes and members an archive may unpack to (zip-bomb guard), from the environment."""
+    try:
+        return int(os.environ.get(MAX_BYTES_VAR, 50 << 30)), int(os.environ.get(MAX_FILES_VAR, 5_000_000))
+    except ValueError:
+        raise DatasetError(f"{MAX_BYTES_VAR} and {MAX_FILES_VAR} must be whole numbers") from None
+
+
+def extract(archive: Path, target: Path, max_bytes: int | None = None, max_files: int | None = None) -> Path:
+    """Unpack a .tar(.gz)/.tgz/.zip into `target`, refusing unsafe members (absolute or `..`
+    paths, links, devices) and stopping at the size and member-count limits."""
+    default_bytes, default_files = extraction_limits()
+    max_bytes = default_bytes if max_bytes is None else max_bytes
+    max_files = default_files if max_files is None else max_files
     if target.exists():
         shutil.rmtree(target)
     staging = target.with_name(target.name + ".extracting")
@@ -183,7 +211,8 @@ def _extract_tar(archive: Path, staging: Path, max_bytes: int, max_files: int) -
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
             if len(members) > max_files:
-                raise DatasetError(f"archive {archive.name} has {len(members)} members (> {max_files})")
+                raise DatasetError(f"archive {archive.name} has {len(members)} members, more than the "
+                                   f"limit of {max_files}; raise {MAX_FILES_VAR} if it is genuine")
             for member in members:
                 _check_member(member.name, archive)
                 if not (member.isfile() or member.isdir()):
@@ -191,7 +220,8 @@ def _extract_tar(archive: Path, staging: Path, max_bytes: int, max_files: int) -
                                        "device file; refusing it")
                 total += member.size
                 if total > max_bytes:
-                    raise DatasetError(f"archive {archive.name} unpacks to more than {max_bytes} bytes")
+                    raise DatasetError(f"archive {archive.name} unpacks to more than {max_bytes} bytes "
+                                       f"(a zip bomb?); raise {MAX_BYTES_VAR} if it is genuine")
             tar.extractall(staging, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DatasetError(f"archive {archive.name} is corrupt or truncated: {exc}") from None
@@ -202,9 +232,11 @@ def _extract_zip(archive: Path, staging: Path, max_bytes: int, max_files: int) -
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
             if len(infos) > max_files:
-                raise DatasetError(f"archive {archive.name} has {len(infos)} members (> {max_files})")
+                raise DatasetError(f"archive {archive.name} has {len(infos)} members, more than the "
+                                   f"limit of {max_files}; raise {MAX_FILES_VAR} if it is genuine")
             if sum(info.file_size for info in infos) > max_bytes:
-                raise DatasetError(f"archive {archive.name} unpacks to more than {max_bytes} bytes")
+                raise DatasetError(f"archive {archive.name} unpacks to more than {max_bytes} bytes "
+                                   f"(a zip bomb?); raise {MAX_BYTES_VAR} if it is genuine")
             for info in infos:
                 _check_member(info.filename, archive)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:

@@ -81,15 +81,30 @@ def test_missing_s3_prefix_is_named(bucket):
         prepare_dataset(f"s3://{bucket}/no/such/", OPTIONS)
 
 
-def test_unreadable_image_fails_before_anything_is_stored(bucket, tmp_path, sample_dataset):
+def test_too_many_corrupt_images_fail_before_anything_is_stored(bucket, tmp_path, sample_dataset):
     import shutil
 
     root = tmp_path / "broken"
     shutil.copytree(sample_dataset, root)
     (root / "class_1" / "zz_truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
-    with pytest.raises(DatasetError, match="zz_truncated.jpg is unreadable"):
+    (root / "class_2" / "zz_noise.png").write_bytes(b"noise")
+    with pytest.raises(DatasetError, match=r"2 of 92 images \(2.2%\) are corrupt .* limit of 1.0%: "
+                                           r"class_1/zz_truncated.jpg, class_2/zz_noise.png"):
         prepare_dataset(str(root), OPTIONS)
     assert list(storage.list_keys(bucket, "datasets/")) == []
+
+
+def test_a_few_corrupt_images_are_skipped_and_counted(bucket, tmp_path, sample_dataset, caplog):
+    import shutil
+
+    root = tmp_path / "mostly-fine"
+    shutil.copytree(sample_dataset, root)
+    (root / "class_1" / "zz_truncated.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    caplog.set_level("INFO")
+    options = PrepareOptions(**{**OPTIONS.__dict__, "max_bad_fraction": 0.05})
+    ref = prepare_dataset(str(root), options)
+    assert sum(sum(c.values()) for c in ref.counts.values()) == 90  # 91 files, 1 skipped
+    assert "skipped 1 corrupt or unreadable images of 91: class_1/zz_truncated.jpg" in caplog.text
 
 
 def test_http_archive_with_good_checksum(bucket, http_root):
@@ -139,6 +154,43 @@ def test_download_resumes_after_a_dropped_connection(tmp_path, sample_dataset):
         server.shutdown()
     assert path.read_bytes() == payload
     assert requests[0] == 0 and requests[1] == len(payload) // 2
+
+
+def test_download_retries_server_errors_then_resumes(tmp_path, caplog):
+    """500, then a connection dropped mid-body, then the rest: one verified file."""
+    from transferflow.downloads import Checksum, download
+
+    payload = bytes(range(256)) * 3000
+    seen = []
+
+    class Unreliable(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+            seen.append(start)
+            if len(seen) == 1:
+                self.send_error(500, "overloaded")
+                return
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(payload) - start))
+            self.send_header("ETag", '"v1"')
+            self.end_headers()
+            body = payload[start:]
+            self.wfile.write(body[: len(body) // 3] if len(seen) == 2 else body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unreliable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    caplog.set_level("INFO")
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/data.tar"
+        path = download(url, tmp_path / "data.tar", Checksum("sha256", hashlib.sha256(payload).hexdigest()))
+    finally:
+        server.shutdown()
+    assert path.read_bytes() == payload
+    assert seen == [0, 0, len(payload) // 3]
+    assert "HTTP Error 500" in caplog.text and "connection closed at" in caplog.text
 
 
 def test_http_missing_file_is_a_clear_error(bucket, http_root):

@@ -2,10 +2,8 @@ import io
 import tarfile
 import zipfile
 
-import numpy as np
 import pytest
 
-from transferflow.data import _read_cifar10
 from transferflow.downloads import Checksum, extract
 from transferflow.errors import DatasetError
 
@@ -62,30 +60,48 @@ def test_zip_bomb_limit(tmp_path):
         extract(archive, tmp_path / "out", max_bytes=1000)
 
 
+@pytest.mark.parametrize(("kind", "linkname"), [(tarfile.LNKTYPE, "../../etc/passwd"), (tarfile.CHRTYPE, ""),
+                                               (tarfile.FIFOTYPE, ""), (tarfile.SYMTYPE, "../outside")])
+def test_tar_links_and_devices_are_refused(tmp_path, kind, linkname):
+    member = tarfile.TarInfo("a/special")
+    member.type, member.linkname = kind, linkname
+    archive = make_tar(tmp_path / "bad.tar", [file_member("a/ok.txt"), (member, None)])
+    with pytest.raises(DatasetError, match="'a/special' is a link or device file"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_zip_symlink_and_traversal_are_refused(tmp_path):
+    link = zipfile.ZipInfo("a/link")
+    link.external_attr = (0o120777 << 16)
+    cases = (("link.zip", link, "is a symlink"), ("up.zip", "../evil.txt", "unsafe member"))
+    for name, info, pattern in cases:
+        archive = tmp_path / name
+        with zipfile.ZipFile(archive, "w") as zf:
+            zf.writestr(info, "/etc/passwd")
+        with pytest.raises(DatasetError, match=pattern):
+            extract(archive, tmp_path / "out")
+
+
+def test_tar_bomb_limits_come_from_the_environment(tmp_path, monkeypatch):
+    members = [file_member(f"a/f{i}.bin", b"\0" * 600) for i in range(3)]
+    archive = make_tar(tmp_path / "bomb.tar.gz", members)
+    monkeypatch.setenv("TRANSFERFLOW_MAX_EXTRACT_BYTES", "1000")
+    with pytest.raises(DatasetError, match="more than 1000 bytes .*TRANSFERFLOW_MAX_EXTRACT_BYTES"):
+        extract(archive, tmp_path / "out")
+    monkeypatch.setenv("TRANSFERFLOW_MAX_EXTRACT_BYTES", "10000")
+    monkeypatch.setenv("TRANSFERFLOW_MAX_EXTRACT_FILES", "2")
+    with pytest.raises(DatasetError, match="3 members, more than the limit of 2"):
+        extract(archive, tmp_path / "out")
+    monkeypatch.delenv("TRANSFERFLOW_MAX_EXTRACT_FILES")
+    assert len(list(extract(archive, tmp_path / "out").rglob("*.bin"))) == 3
+
+
 def test_truncated_archive_is_a_clear_error(tmp_path):
     archive = make_tar(tmp_path / "t.tar.gz", [file_member("a/b.png", b"y" * 50_000)])
     archive.write_bytes(archive.read_bytes()[:100])
     with pytest.raises(DatasetError, match="corrupt or truncated"):
         extract(archive, tmp_path / "out")
-
-
-def test_cifar10_binary_reader(tmp_path):
-    """The official binary layout: 1 label byte then 1024 R, 1024 G, 1024 B bytes."""
-    base = tmp_path / "cifar-10-batches-bin"
-    base.mkdir()
-    (base / "batches.meta.txt").write_text("airplane\nautomobile\n\n")
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
-        records = rng.integers(0, 256, (4, 3073), dtype=np.uint8)
-        records[:, 0] = [0, 1, 1, 0]
-        records.tofile(base / name)
-    splits, names = _read_cifar10(tmp_path)
-    assert names == ["airplane", "automobile"]
-    x, y = splits["train"]
-    assert x.shape == (20, 32, 32, 3) and y.tolist()[:4] == [0, 1, 1, 0]
-    raw = np.fromfile(base / "data_batch_1.bin", dtype=np.uint8).reshape(-1, 3073)
-    assert x[0, 0, 1, 2] == raw[0, 1 + 2048 + 1]  # blue plane, row 0, column 1
-    assert splits["test"][0].shape == (4, 32, 32, 3)
 
 
 @pytest.mark.parametrize("name", ["../x.png", "/etc/x.png", "a/../../x.png"])
