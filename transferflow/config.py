@@ -94,6 +94,11 @@ class RetrainConfig(BaseModel):
         0.1, gt=0.0, lt=0.5,
         description="Share of train carved out for testing when the dataset has no test split.",
     )
+    max_bad_image_fraction: float = Field(
+        0.01, ge=0.0, le=0.5,
+        description="Corrupt or unreadable images are skipped (and counted in the log) up to this share "
+        "of the dataset; above it the run fails and names them.",
+    )
     model_name: str | None = Field(
         None,
         description="Registry name (lowercase letters, digits, . _ -). Default: <dataset>-<backbone>.",

@@ -60,7 +60,8 @@ def check_storage() -> str:
 
 
 def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
-    options = PrepareOptions(config.image_size, config.val_fraction, config.test_fraction, config.seed)
+    options = PrepareOptions(config.image_size, config.val_fraction, config.test_fraction, config.seed,
+                             config.max_bad_image_fraction)
     return prepare_dataset(config.dataset, options, logger=logger)
 
 

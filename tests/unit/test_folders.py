@@ -74,20 +74,66 @@ def test_val_class_missing_from_train_is_named(tmp_path):
         scan_folder(root)
 
 
-def test_decode_resizes_and_converts_to_rgb(tmp_path):
+def bmp_bytes(height: int, width: int, rgb: tuple[int, int, int]) -> bytes:
+    """An uncompressed 24-bit BMP (TensorFlow decodes BMP but cannot write it)."""
+    import struct
+
+    row = bytes(rgb[::-1]) * width
+    row += b"\0" * (-len(row) % 4)
+    pixels = row * height
+    header = struct.pack("<2sIHHI", b"BM", 54 + len(pixels), 0, 0, 54)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    return header + info + pixels
+
+
+# A 1x1 GIF whose only pixel is palette entry 0: (200, 100, 50).
+GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\xc8\x64\x32\x00\x00\x00"
+       b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;")
+
+
+def test_every_supported_format_decodes_to_rgb(tmp_path):
     import tensorflow as tf
 
-    gray = tf.io.encode_png(np.full((40, 50, 1), 128, np.uint8)).numpy()
-    rgba = tf.io.encode_png(np.full((20, 20, 4), 200, np.uint8)).numpy()
-    (tmp_path / "g.png").write_bytes(gray)
-    (tmp_path / "a.png").write_bytes(rgba)
-    images = decode_images([tmp_path / "g.png", tmp_path / "a.png"], 32)
-    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8
-    assert int(images[0].mean()) == 128 and int(images[1].mean()) == 200
+    files = {
+        "gray.png": tf.io.encode_png(np.full((40, 50, 1), 128, np.uint8)).numpy(),
+        "rgba.png": tf.io.encode_png(np.full((20, 20, 4), 200, np.uint8)).numpy(),
+        "red.jpg": tf.io.encode_jpeg(np.tile(np.array([220, 30, 30], np.uint8), (64, 64, 1))).numpy(),
+        "blue.bmp": bmp_bytes(10, 12, (10, 20, 230)),
+        "orange.gif": GIF,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    decoded = decode_images([tmp_path / name for name in files], 32)
+    assert decoded.bad == [] and decoded.images.shape == (5, 32, 32, 3) and decoded.images.dtype == np.uint8
+    means = decoded.images.reshape(5, -1, 3).mean(axis=1).round()
+    np.testing.assert_allclose(means, [[128] * 3, [200] * 3, [220, 30, 30], [10, 20, 230], [200, 100, 50]],
+                               atol=3)
 
 
-def test_unreadable_image_is_named(tmp_path):
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"definitely not a jpeg")
-    with pytest.raises(DatasetError, match="broken.jpg is unreadable"):
-        decode_images([bad], 32)
+def test_large_jpegs_decoded_at_reduced_scale_match_a_full_decode(tmp_path):
+    """DCT scaling (1/8 here) must give the picture a full decode + antialiased resize gives."""
+    import tensorflow as tf
+
+    from transferflow.samples import sample_image
+
+    rng = np.random.default_rng(0)
+    big = tf.image.resize(sample_image(1, 32, rng)[None].astype("float32"), (512, 384)).numpy()[0]
+    path = tmp_path / "big.jpg"
+    path.write_bytes(tf.io.encode_jpeg(big.astype(np.uint8), quality=95).numpy())
+    reference = tf.image.resize(tf.io.decode_jpeg(path.read_bytes(), channels=3), (32, 32), antialias=True)
+    decoded = decode_images([path], 32).images[0].astype(float)
+    assert np.abs(decoded - reference.numpy()).mean() < 4  # of 255: the same picture
+
+
+def test_corrupt_and_truncated_images_are_reported_not_fatal(tmp_path):
+    import tensorflow as tf
+
+    good = tf.io.encode_jpeg(np.full((40, 40, 3), 90, np.uint8)).numpy()
+    (tmp_path / "good.jpg").write_bytes(good)
+    (tmp_path / "noise.jpg").write_bytes(b"definitely not a jpeg")
+    (tmp_path / "cut.jpg").write_bytes(good[: len(good) // 2])
+    (tmp_path / "empty.png").write_bytes(b"")
+    paths = [tmp_path / n for n in ("noise.jpg", "good.jpg", "cut.jpg", "empty.png")]
+    decoded = decode_images(paths, 32)
+    assert decoded.bad == [0, 2, 3]
+    assert decoded.images.shape == (1, 32, 32, 3) and int(decoded.images.mean()) == 90
