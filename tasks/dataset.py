@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 from prefect import task
 from prefect.logging import get_run_logger
 
@@ -19,9 +21,17 @@ def check_storage() -> str:
     return where
 
 
+def dataset_cache_key(context, parameters) -> str | None:
+    """Cache on the source's signature (checksum, S3 ETags, file stats) and the preparation options."""
+    return phases.dataset_cache_key(parameters["config"])
+
+
 # Downloads already retry with backoff and resume inside; one task retry covers
 # a checksum mismatch (the bad file is discarded) and longer storage outages.
-@task(name="download_dataset", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
+# An unchanged dataset is not prepared twice within a day: the task result is cached
+# (PREFECT_TASKS_REFRESH_CACHE=true ignores it); after that the stored copy is still reused.
+@task(name="download_dataset", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient,
+      cache_key_fn=dataset_cache_key, cache_expiration=timedelta(days=1), persist_result=True)
 def download_dataset(config: RetrainConfig) -> DatasetRef:
     """Fetch, check, decode, split and store the dataset; reuses an identical earlier preparation."""
     return phases.download_dataset(config, logger=get_run_logger())

@@ -52,6 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(train)
     train.set_defaults(handler=cmd_train)
 
+    datasets = commands.add_parser("datasets", help="inspect and fill the dataset store and mirror")
+    dataset_commands = datasets.add_subparsers(dest="datasets_command", required=True)
+    listing = dataset_commands.add_parser("list", help="prepared datasets and mirrored sources")
+    listing.add_argument("--json", action="store_true", help="print the manifests as JSON")
+    listing.set_defaults(handler=cmd_datasets_list)
+    show = dataset_commands.add_parser("show", help="one dataset's prepared variants and mirror")
+    show.add_argument("reference", metavar="NAME|URI")
+    show.add_argument("--json", action="store_true", help="print as JSON")
+    show.set_defaults(handler=cmd_datasets_show)
+    prefetch = dataset_commands.add_parser(
+        "prefetch", help="download, mirror and prepare a dataset now",
+        description="Download a dataset (on a machine with internet), copy it to the object-storage "
+        "mirror and prepare it, so that workers without internet can train on it.")
+    prefetch.add_argument("dataset", metavar="URI",
+                          help="built-in name, http(s) archive, s3:// or local path")
+    add_config_flags(prefetch, only=PREPARE_FIELDS)
+    prefetch.set_defaults(handler=cmd_datasets_prefetch)
+
     models = commands.add_parser("models", help="inspect the model registry")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     listing = model_commands.add_parser("list", help="every registered version")
@@ -64,9 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+PREPARE_FIELDS = ("image_size", "val_fraction", "test_fraction", "seed", "max_bad_image_fraction")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     """One flag per RetrainConfig field: --head-epochs for head_epochs, and so on."""
     for name, field in RetrainConfig.model_fields.items():
+        if only is not None and name not in only:
+            continue
         annotation = field.annotation
         options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
                                    "help": f"{field.description} (default: {field.default})"}
@@ -106,6 +129,70 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = retrain(config=config)
     print(f"registered {result['name']} version {result['version']}")
     print(f"artifact   {result['artifact_uri']}")
+    return 0
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    from transferflow import catalog, mirror
+
+    bucket = storage.bucket_name()
+    variants, mirrors = catalog.prepared(bucket), mirror.entries(bucket)
+    if args.json:
+        print(json.dumps({"prepared": variants, "mirrors": mirrors}, indent=2, default=str))
+        return 0
+    if not variants and not mirrors:
+        print(f"no datasets in s3://{bucket} at {storage.endpoint_label()}")
+        return 0
+    mirrored = {entry["fingerprint"] for entry in mirrors}
+    rows = [(ref["name"], ref["fingerprint"][:12], f"{ref['image_size']}px", str(_images(ref)),
+             str(len(ref["class_names"])), "yes" if ref["fingerprint"] in mirrored else "-", ref["source"])
+            for ref in variants]
+    print_table(("NAME", "FINGERPRINT", "SIZE", "IMAGES", "CLASSES", "MIRRORED", "SOURCE"), rows)
+    return 0
+
+
+def _images(ref: dict) -> int:
+    return sum(sum(counts.values()) for counts in ref["counts"].values())
+
+
+def cmd_datasets_show(args: argparse.Namespace) -> int:
+    from transferflow import catalog
+
+    found = catalog.describe(storage.bucket_name(), args.reference)
+    if args.json:
+        print(json.dumps(found, indent=2, default=str))
+        return 0
+    if not found["variants"] and not found["mirrors"]:
+        raise TransferflowError(f"no dataset {args.reference!r} in s3://{storage.bucket_name()}: see "
+                                "`transferflow datasets list`, or fill it with "
+                                "`transferflow datasets prefetch`")
+    for ref in found["variants"]:
+        splits = ", ".join(f"{s} {sum(c.values())}" for s, c in ref["counts"].items())
+        print(f"{ref['name']}  {ref['image_size']}px  fingerprint {ref['fingerprint'][:12]}  ({splits})")
+        print(f"  source      {ref['source']}")
+        more = " …" if len(ref["class_names"]) > 12 else ""
+        print(f"  classes     {', '.join(ref['class_names'][:12])}{more}")
+        print(f"  prepared    {ref['uri']}  ({ref['prepared_at']})")
+    for entry in found["mirrors"]:
+        size = sum(f["size"] for f in entry["files"]) / 1e6
+        print(f"mirror of {entry['source']}  ({len(entry['files'])} files, {size:.1f} MB, "
+              f"{entry['mirrored_at']})")
+        for item in entry["files"]:
+            print(f"  {item['uri']}")
+    return 0
+
+
+def cmd_datasets_prefetch(args: argparse.Namespace) -> int:
+    values = {k: v for k, v in vars(args).items() if k in PREPARE_FIELDS}
+    config = parse_config({**values, "dataset": args.dataset})
+    storage.ensure_bucket()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from transferflow import phases
+
+    ref = phases.download_dataset(config, logger=logging.getLogger("transferflow.prefetch"))
+    print(f"prepared   {ref.name} ({ref.image_size}px, {_images(ref.model_dump())} images, fingerprint "
+          f"{ref.fingerprint[:12]})")
+    print(f"stored at  {ref.uri}")
     return 0
 
 

@@ -81,6 +81,7 @@ class FolderScan:
     class_names: list[str]
     files: dict[str, list[tuple[Path, int]]]  # split -> [(path, label)]
     ignored: int
+    data_root: Path | None = None  # root, or the single folder an archive wrapped everything in
 
 
 # ---------------------------------------------------------------- locating sources
@@ -100,6 +101,30 @@ def remote_source(dataset: str) -> RemoteSource | None:
         return RemoteSource(identity=downloads.redact(base) + pin, shown=downloads.redact(dataset),
                             files=(RemoteFile(base, checksum),))
     return None
+
+
+def source_signature(dataset: str) -> str | None:
+    """A cheap text that changes whenever the source's content may have: checksums for pinned
+    sources, object ETags for s3://, file sizes and times for local paths. None when only a
+    download can tell (an http(s) URL without #sha256=)."""
+    remote = remote_source(dataset)
+    if remote is not None:
+        return remote.identity if remote.pinned else None
+    digest = hashlib.sha256()
+    if dataset.startswith("s3://"):
+        location = storage.parse_s3_uri(dataset)
+        for obj in storage.list_keys(location.bucket, location.key):
+            digest.update(f"{obj['Key']}\0{obj['ETag']}\n".encode())
+        return f"{dataset}#{digest.hexdigest()}"
+    path = Path(dataset.removeprefix("file://")).expanduser()
+    if not path.exists():
+        return None
+    for item in sorted(path.rglob("*")) if path.is_dir() else [path]:
+        if item.is_file():
+            stat = item.stat()
+            digest.update(f"{item.relative_to(path) if path.is_dir() else ''}\0{stat.st_size}\0"
+                          f"{stat.st_mtime_ns}\n".encode())
+    return f"{path.resolve()}#{digest.hexdigest()}"
 
 
 def local_folder(dataset: str, logger=log) -> Path:
@@ -208,8 +233,10 @@ def _scan(root: Path) -> FolderScan:
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
     if split_dirs and "train" not in split_dirs:
         raise DatasetError(f"dataset {root} has {', '.join(split_dirs)}/ but no train/ folder")
+    data_root = root
     if not split_dirs:
-        split_dirs = {"train": _single_top_folder(root)}
+        data_root = _single_top_folder(root)
+        split_dirs = {"train": data_root}
     class_names = _class_dirs(split_dirs["train"])
     if not class_names:
         raise DatasetError(f"dataset {root} is empty: it needs one subfolder per class with images in it")
@@ -223,7 +250,7 @@ def _scan(root: Path) -> FolderScan:
         files[split], skipped = _image_files(folder, class_names)
         ignored += skipped
     _check_classes(root, class_names, files["train"])
-    return FolderScan(root, class_names, files, ignored)
+    return FolderScan(root, class_names, files, ignored, data_root)
 
 
 def _single_top_folder(root: Path) -> Path:
@@ -271,12 +298,13 @@ def _check_classes(root: Path, class_names: list[str], train: list[tuple[Path, i
 
 
 def fingerprint_folder(scan: FolderScan) -> str:
-    """Content hash of the file list and bytes: same images, same fingerprint."""
+    """Content hash of the file list and bytes: same images, same fingerprint, whether they
+    come as a folder, in an archive (with or without a wrapping folder) or from S3."""
     digest = hashlib.sha256(b"transferflow-folder-v1\n")
     for split in sorted(scan.files):
         for path, label in scan.files[split]:
             content = hashlib.sha256(path.read_bytes()).hexdigest()
-            relative = path.relative_to(scan.root).as_posix()
+            relative = path.relative_to(scan.data_root or scan.root).as_posix()
             digest.update(f"{split}\0{scan.class_names[label]}\0{relative}\0{content}\n".encode())
     return digest.hexdigest()
 

@@ -65,6 +65,21 @@ def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
     return prepare_dataset(config.dataset, options, logger=logger)
 
 
+def dataset_cache_key(config: RetrainConfig) -> str | None:
+    """What an orchestrator may cache the dataset stage under: the source's signature, the
+    preparation options and the store. None when the source cannot be identified cheaply."""
+    import hashlib
+
+    from transferflow.data import PREPARED_FORMAT, source_signature
+
+    signature = source_signature(config.dataset)
+    if signature is None:
+        return None
+    parts = [signature, config.image_size, config.val_fraction, config.test_fraction, config.seed,
+             config.max_bad_image_fraction, PREPARED_FORMAT, storage.endpoint_label(), storage.bucket_name()]
+    return "dataset-" + hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
+
+
 def build_backbone(config: RetrainConfig, logger=log) -> BackboneRef:
     """Resolve the weights and build the backbone once, so a mismatch fails before training."""
     spec = backbones.get_spec(config.backbone)

@@ -70,3 +70,44 @@ def test_unreachable_endpoint_fails_fast_with_the_endpoint_named(tmp_path, s3_se
     result = run_cli("train", "--dataset", str(tmp_path), "--weights", "none", env=env)
     assert result.returncode == 1
     assert "cannot reach object storage at http://127.0.0.1:9" in result.stderr
+
+
+def test_datasets_prefetch_list_and_show(bucket, sample_dataset, tmp_path):
+    """An operator fills the mirror from a connected machine; workers then need no internet."""
+    import tarfile
+
+    from tests.integration.test_mirror import Origin
+
+    www = tmp_path / "www"
+    www.mkdir()
+    with tarfile.open(www / "shapes.tar.gz", "w:gz") as tar:
+        tar.add(sample_dataset, arcname="shapes")
+    origin = Origin(www)
+    try:
+        fetched = run_cli("datasets", "prefetch", f"{origin.base}/shapes.tar.gz", "--image-size", "40")
+    finally:
+        origin.stop()
+    assert fetched.returncode == 0, fetched.stderr[-3000:]
+    assert "prepared   shapes (40px, 90 images" in fetched.stdout
+    local = run_cli("datasets", "prefetch", str(sample_dataset))  # same images, another source kind
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    listed = run_cli("datasets", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    assert sorted((row[0], row[2], row[5]) for row in rows) == [("shapes", "32px", "yes"),
+                                                               ("shapes", "40px", "yes")]
+    shown = run_cli("datasets", "show", "shapes")
+    assert "mirror of http://127.0.0.1" in shown.stdout and "/source/shapes.tar.gz" in shown.stdout
+    assert json.loads(run_cli("datasets", "show", "shapes", "--json").stdout)["variants"]
+    missing = run_cli("datasets", "show", "nothing-here")
+    assert missing.returncode == 1 and "transferflow datasets prefetch" in missing.stderr
+
+
+def test_datasets_list_imports_neither_tensorflow_nor_prefect(bucket):
+    probe = ("import sys; from transferflow.cli import main; code = main(['datasets', 'list']); "
+             "heavy = [m for m in ('tensorflow', 'keras', 'prefect') if m in sys.modules]; "
+             "print('HEAVY', heavy); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "HEAVY []" in result.stdout

@@ -125,3 +125,28 @@ def test_mismatched_weights_fail_before_training(prefect_server, bucket, s3_inpu
         retrain(config=learnable_config(s3_inputs[0], str(wrong)))
     assert Registry().names() == []
     assert list(storage.list_keys(bucket, "runs/")) == []  # no training output was staged
+
+
+def test_an_unchanged_dataset_is_not_prepared_twice(prefect_server, bucket, sample_dataset, tmp_path):
+    import shutil
+
+    from prefect import flow
+
+    from tasks.dataset import download_dataset
+
+    source = tmp_path / "shapes"
+    shutil.copytree(sample_dataset, source)
+
+    @flow
+    def prepare_twice(config: RetrainConfig):
+        return [download_dataset(config, return_state=True) for _ in range(2)]
+
+    config = RetrainConfig(dataset=str(source), weights="none")
+    first, second = prepare_twice(config)
+    assert first.name == "Completed" and second.name == "Cached"
+    assert second.result() == first.result()
+
+    (source / "class_0" / "img_0000.png").unlink()  # the data changed: prepare it again
+    again, _ = prepare_twice(config)
+    assert again.name == "Completed"
+    assert sum(again.result().counts["train"].values()) < sum(first.result().counts["train"].values())
