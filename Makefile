@@ -31,12 +31,12 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # True when the environment already names an object store (cloud or other).
 S3_CONFIGURED := $(strip $(AWS_ENDPOINT_URL)$(AWS_ENDPOINT_URL_S3)$(AWS_ACCESS_KEY_ID)$(AWS_PROFILE))
 
-.PHONY: help venv run demo demo-data models storage-up storage-down test test-unit lint clean \
+.PHONY: help venv run demo demo-data models datasets prefetch storage-up storage-down test test-unit lint clean \
 	server pools worker-cpu worker-gpu deploy trigger ui stack-up stack-down stack-status logs
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: ARGS='--dataset DIR ...' (run), PARAMS='{...}' DEPLOYMENT (trigger),"
+	@echo "  variables: ARGS='--dataset DIR ...' (run, prefetch), DATASET (prefetch), PARAMS='{...}' DEPLOYMENT (trigger),"
 	@echo "             PYTEST_ARGS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui)"
 
 venv: $(STAMP) ## create .venv and install transferflow with its dev tools
@@ -66,6 +66,16 @@ $(DEMO_DIR)/.done: | venv
 
 models: venv ## list registered models and versions
 	$(BIN)/transferflow models list
+
+datasets: venv ## list prepared datasets and mirrored sources
+	$(BIN)/transferflow datasets list
+
+prefetch: venv ## download, mirror and prepare a dataset: make prefetch DATASET=cifar10 [ARGS=--image-size 224]
+	@test -n "$(DATASET)" || { echo "usage: make prefetch DATASET=<built-in, URL, s3:// or path> [ARGS=...]"; exit 2; }
+ifeq ($(S3_CONFIGURED),)
+	@$(MAKE) --no-print-directory storage-up
+endif
+	$(BIN)/transferflow datasets prefetch "$(DATASET)" $(ARGS)
 
 storage-up: venv ## start the local S3 server (SeaweedFS, loopback, credentials) on S3_PORT
 	$(BIN)/python -m transferflow.s3server up --dir $(S3_DIR) --env-file $(S3_ENV) --port $(S3_PORT)

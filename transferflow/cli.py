@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-PREPARE_FIELDS = ("image_size", "val_fraction", "test_fraction", "seed", "max_bad_image_fraction")
+PREPARE_FIELDS = ("image_size", "val_fraction", "test_fraction", "seed", "max_bad_image_fraction",
+                  "stream_threshold_mb")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:

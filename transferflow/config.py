@@ -99,6 +99,11 @@ class RetrainConfig(BaseModel):
         description="Corrupt or unreadable images are skipped (and counted in the log) up to this share "
         "of the dataset; above it the run fails and names them.",
     )
+    stream_threshold_mb: int = Field(
+        2048, ge=0, le=10**7,
+        description="Prepared datasets larger than this (decoded, MB) are written as sharded TFRecord and "
+        "streamed during training instead of loaded into memory.",
+    )
     model_name: str | None = Field(
         None,
         description="Registry name (lowercase letters, digits, . _ -). Default: <dataset>-<backbone>.",

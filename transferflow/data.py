@@ -15,14 +15,15 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
 
-from transferflow import downloads, mirror, storage
+from transferflow import downloads, mirror, records, storage
 from transferflow.builtins import BUILTINS, Folder
 from transferflow.config import dataset_slug
 from transferflow.errors import DatasetError
@@ -34,6 +35,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 SPLITS = ("train", "val", "test")
 MIN_TRAIN_PER_CLASS = 1
+CHUNK_IMAGES = 2048  # decoded at a time when streaming
+STREAMED_SUFFIX = "-tfrecord"
 PREPARED_FORMAT = 2  # bump when the prepared layout changes, so old caches are not reused
 
 
@@ -48,6 +51,8 @@ class DatasetRef(BaseModel):
     image_size: int
     split_origin: dict[str, str]  # split -> "given" | "carved"
     counts: dict[str, dict[str, int]]  # split -> class -> images
+    format: str = "npz"  # npz: one file, loaded into memory; tfrecord: shards, streamed
+    shards: dict[str, list[str]] = {}  # tfrecord: split -> shard URIs
 
 
 @dataclass
@@ -410,20 +415,29 @@ def carve_splits(labels: np.ndarray, fractions: dict[str, float], seed: int,
     return {name: np.sort(np.concatenate(chunks)) for name, chunks in parts.items()}
 
 
-def complete_splits(splits: dict[str, tuple[np.ndarray, np.ndarray]], val_fraction: float,
-                    test_fraction: float, seed: int, class_names: list[str]):
-    """Carve the missing val/test splits out of train; report which were carved."""
+@dataclass
+class Items:
+    """A split before decoding: its labels, and how to load the images at given positions."""
+
+    labels: np.ndarray
+    load: Callable[[np.ndarray], Decoded]  # positions -> their images (and which failed)
+    name: Callable[[int], str] = str  # position -> what to call it in messages
+
+    def subset(self, positions: np.ndarray) -> Items:
+        return Items(self.labels[positions], lambda p: self.load(positions[p]),
+                     lambda i: self.name(int(positions[i])))
+
+
+def complete_splits(splits: dict[str, Items], val_fraction: float, test_fraction: float, seed: int,
+                    class_names: list[str]) -> tuple[dict[str, Items], dict[str, str]]:
+    """Carve the missing val/test splits out of train (on labels only); report which were carved."""
     wanted = {name: share for name, share in (("val", val_fraction), ("test", test_fraction))
               if name not in splits}
     origin = {name: ("carved" if name in wanted else "given") for name in ("val", "test")}
     if not wanted:
         return splits, origin
-    x, y = splits["train"]
-    carved = carve_splits(y, wanted, seed, class_names)
-    result = dict(splits)
-    for name, indices in carved.items():
-        result[name] = (x[indices], y[indices])
-    return result, origin
+    carved = carve_splits(splits["train"].labels, wanted, seed, class_names)
+    return {**splits, **{name: splits["train"].subset(p) for name, p in carved.items()}}, origin
 
 
 # ---------------------------------------------------------------- the stage
@@ -435,6 +449,7 @@ class PrepareOptions:
     test_fraction: float
     seed: int
     max_bad_fraction: float = 0.01  # corrupt images tolerated (skipped) before the stage fails
+    stream_threshold_mb: int = 2048  # above this decoded size: sharded TFRecord, streamed
 
 
 def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = None,
@@ -458,7 +473,7 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
         scan = scan_folder(local_folder(dataset, logger), label=shown)
         if scan.ignored:
             logger.info("ignored %d files that are not images (%s)", scan.ignored, ", ".join(IMAGE_SUFFIXES))
-        fingerprint, build = fingerprint_folder(scan), _folder_builder(scan, options, shown, logger)
+        fingerprint, build = fingerprint_folder(scan), _folder_plan(scan, options)
     ref = _stored(bucket, dataset, fingerprint, options, logger) or _prepare(
         dataset, fingerprint, build, options, bucket, logger)
     if remote is not None and entry is None:
@@ -475,35 +490,123 @@ def _keys(dataset: str, fingerprint: str, options: PrepareOptions) -> tuple[str,
 
 def _stored(bucket: str, dataset: str, fingerprint: str, options: PrepareOptions,
             logger) -> DatasetRef | None:
-    """The prepared copy of these data with these options, if one is stored."""
+    """The prepared copy of these data with these options, if one is stored in the format the
+    threshold asks for (a dataset prepared in memory is prepared again as shards, and back)."""
     prefix, variant = _keys(dataset, fingerprint, options)
-    cached = storage.get_json(bucket, f"{prefix}/{variant}.json")
-    if cached is None:
-        return None
-    logger.info("dataset %s already prepared as s3://%s/%s/%s.npz", downloads.redact(dataset), bucket,
-                prefix, variant)
-    return DatasetRef.model_validate(cached[0])
+    for streamed in (False, True):
+        cached = storage.get_json(bucket, f"{prefix}/{variant}{STREAMED_SUFFIX * streamed}.json")
+        if cached is None:
+            continue
+        ref = DatasetRef.model_validate(cached[0])
+        if _should_stream(_total(ref), options) == streamed:
+            logger.info("dataset %s already prepared as %s", downloads.redact(dataset), ref.uri)
+            return ref
+    return None
 
 
-def _prepare(dataset: str, fingerprint: str, build, options: PrepareOptions, bucket: str,
+def _total(ref: DatasetRef) -> int:
+    return sum(sum(counts.values()) for counts in ref.counts.values())
+
+
+def _should_stream(images: int, options: PrepareOptions) -> bool:
+    return records.estimated_bytes(images, options.image_size) > options.stream_threshold_mb * 2**20
+
+
+def _prepare(dataset: str, fingerprint: str, plan, options: PrepareOptions, bucket: str,
              logger) -> DatasetRef:
+    """Decode, resize and store the splits: one .npz when small, TFRecord shards when not."""
     prefix, variant = _keys(dataset, fingerprint, options)
-    class_names, given = build()
+    class_names, given = plan()
     splits, origin = complete_splits(given, options.val_fraction, options.test_fraction,
                                      options.seed, class_names)
-    prepared = PreparedDataset(class_names, splits)
+    total = sum(len(items.labels) for items in splits.values())
+    stream = _should_stream(total, options)
+    variant += STREAMED_SUFFIX * stream
     ref = DatasetRef(name=dataset_slug(dataset), source=downloads.redact(dataset), fingerprint=fingerprint,
-                     uri=f"s3://{bucket}/{prefix}/{variant}.npz",
-                     class_names=class_names, image_size=options.image_size,
-                     split_origin=origin, counts=prepared.counts())
-    _store(prepared, ref, bucket, f"{prefix}/{variant}.json")
+                     uri=f"s3://{bucket}/{prefix}/{variant}" + ("/" if stream else ".npz"),
+                     class_names=class_names, image_size=options.image_size, split_origin=origin,
+                     counts={}, format="tfrecord" if stream else "npz")
+    logger.info("decoding %d images in %d classes at %dpx%s", total, len(class_names), options.image_size,
+                " (streamed to sharded TFRecord: above stream_threshold_mb)" if stream else "")
+    started = time.monotonic()
+    bad = Bad()
+    ref = (_write_stream if stream else _write_npz)(ref, splits, bad, bucket, logger)
+    elapsed = max(time.monotonic() - started, 1e-6)
+    logger.info("decoded %d images in %.1fs (%.0f images/s)", total - len(bad.names), elapsed,
+                (total - len(bad.names)) / elapsed)
+    try:
+        bad.check(total, options.max_bad_fraction, ref.source, logger)
+    except DatasetError:
+        location = storage.parse_s3_uri(ref.uri)
+        storage.delete_prefix(location.bucket, location.key)  # shards never had a manifest: unseen
+        raise
+    storage.put_json(bucket, f"{prefix}/{variant}.json", ref.model_dump())  # last: data is complete
     logger.info("prepared %s: %s", ref.source, _summary(ref))
     return ref
 
 
+@dataclass
+class Bad:
+    """Images that failed to decode, by name."""
+
+    names: list[str] = field(default_factory=list)
+
+    def add(self, items: Items, decoded: Decoded, positions: np.ndarray) -> np.ndarray:
+        """Record the failures of one load; returns the labels of the images that did decode."""
+        self.names += [items.name(int(positions[i])) for i in decoded.bad]
+        return np.delete(items.labels[positions], decoded.bad)
+
+    def check(self, total: int, limit: float, source: str, logger) -> None:
+        """Skip a few corrupt files with a count in the log; fail when more than `limit` are bad."""
+        if not self.names:
+            return
+        shown, more = self.names[:5], f" and {len(self.names) - 5} more" if len(self.names) > 5 else ""
+        if len(self.names) > limit * total:
+            raise DatasetError(
+                f"dataset {source}: {len(self.names)} of {total} images ({len(self.names) / total:.1%}) "
+                f"are corrupt or unreadable, above the limit of {limit:.1%}: {', '.join(shown)}{more}. "
+                "Replace or delete them, or raise max_bad_image_fraction.")
+        logger.warning("skipped %d corrupt or unreadable images of %d: %s%s", len(self.names), total,
+                       ", ".join(shown), more)
+
+
+def _write_npz(ref: DatasetRef, splits: dict[str, Items], bad: Bad, bucket: str, logger) -> DatasetRef:
+    arrays = {}
+    for split, items in splits.items():
+        positions = np.arange(len(items.labels))
+        decoded = items.load(positions)
+        arrays[split] = (decoded.images, bad.add(items, decoded, positions))
+    prepared = PreparedDataset(ref.class_names, arrays)
+    target = storage.parse_s3_uri(ref.uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "prepared.npz"
+        prepared.save(path)
+        storage.upload_file(path, target.bucket, target.key)
+    return ref.model_copy(update={"counts": prepared.counts()})
+
+
+def _write_stream(ref: DatasetRef, splits: dict[str, Items], bad: Bad, bucket: str, logger) -> DatasetRef:
+    """Decode chunk by chunk into shards: memory holds one chunk, whatever the dataset's size."""
+    prefix = storage.parse_s3_uri(ref.uri).key.rstrip("/")
+    shards, counts = {}, {}
+    for split, items in splits.items():
+        def chunks(items=items):
+            for positions in records.chunked(np.arange(len(items.labels)), CHUNK_IMAGES):
+                decoded = items.load(positions)
+                yield decoded.images, bad.add(items, decoded, positions)
+
+        shards[split], labels = records.write_split(chunks(), bucket, prefix, split, logger)
+        counts[split] = _class_counts(labels, ref.class_names)
+    return ref.model_copy(update={"counts": counts, "shards": shards})
+
+
+def _class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
+    return {class_names[k]: int(v) for k, v in sorted(Counter(labels.tolist()).items())}
+
+
 def _remote_builder(dataset: str, remote: RemoteSource, paths: list[Path], options: PrepareOptions,
                     logger):
-    """Fingerprint and builder for downloaded (or mirrored) files of a built-in or archive URL."""
+    """Fingerprint and split plan for downloaded (or mirrored) files of a built-in or archive URL."""
     extracted: list[Path] = []
 
     def extract(archive: Path) -> Path:
@@ -512,11 +615,11 @@ def _remote_builder(dataset: str, remote: RemoteSource, paths: list[Path], optio
 
     if dataset not in BUILTINS:
         scan = scan_folder(extract(paths[0]), label=remote.shown)
-        return fingerprint_folder(scan), _folder_builder(scan, options, remote.shown, logger)
+        return fingerprint_folder(scan), _folder_plan(scan, options)
     # A built-in's content is pinned by its checksums: they are its fingerprint.
     fingerprint = hashlib.sha256(remote.identity.encode()).hexdigest()
 
-    def build():
+    def plan():
         try:
             data = BUILTINS[dataset].read(paths, extract)
         except DatasetError:  # damaged files: the next run must fetch and unpack them afresh
@@ -524,59 +627,34 @@ def _remote_builder(dataset: str, remote: RemoteSource, paths: list[Path], optio
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
             raise
         if isinstance(data, Folder):
-            return _folder_builder(scan_folder(data.root, label=dataset), options, dataset, logger)()
+            return _folder_plan(scan_folder(data.root, label=dataset), options)()
         if any(x.shape[1] != options.image_size for x, _ in data.splits.values()):
             logger.info("resizing %s to %dpx", dataset, options.image_size)
-        return data.class_names, {s: (resize_array(x, options.image_size), y)
-                                  for s, (x, y) in data.splits.items()}
+        return data.class_names, {split: _array_items(x, y, options.image_size)
+                                  for split, (x, y) in data.splits.items()}
 
-    return fingerprint, build
+    return fingerprint, plan
 
 
-def _folder_builder(scan: FolderScan, options: PrepareOptions, source: str, logger):
-    def build():
-        total = sum(len(f) for f in scan.files.values())
-        logger.info("decoding %d images in %d classes at %dpx", total, len(scan.class_names),
-                    options.image_size)
-        started = time.monotonic()
-        splits, bad = {}, []
+def _array_items(x: np.ndarray, y: np.ndarray, image_size: int) -> Items:
+    return Items(y.astype(np.int32), lambda p: Decoded(resize_array(x[p], image_size), []),
+                 lambda i: f"image {i}")
+
+
+def _folder_plan(scan: FolderScan, options: PrepareOptions):
+    """The folder's splits as file lists and labels: nothing is decoded yet."""
+    def plan():
+        splits = {}
         for split, files in scan.files.items():
             if files:
-                decoded = decode_images([p for p, _ in files], options.image_size)
-                labels = np.array([label for _, label in files], dtype=np.int32)
-                splits[split] = (decoded.images, np.delete(labels, decoded.bad))
-                bad += [files[i][0] for i in decoded.bad]
-        elapsed = max(time.monotonic() - started, 1e-6)
-        logger.info("decoded %d images in %.1fs (%.0f images/s)", total - len(bad), elapsed,
-                    (total - len(bad)) / elapsed)
-        _check_bad_images(bad, total, options.max_bad_fraction, scan.root, source, logger)
+                paths = [p for p, _ in files]
+                splits[split] = Items(
+                    np.array([label for _, label in files], dtype=np.int32),
+                    lambda positions, paths=paths: decode_images([paths[i] for i in positions],
+                                                                 options.image_size),
+                    lambda i, paths=paths: paths[i].relative_to(scan.root).as_posix())
         return scan.class_names, splits
-    return build
-
-
-def _check_bad_images(bad: list[Path], total: int, limit: float, root: Path, source: str, logger) -> None:
-    """Skip a few corrupt files with a count in the log; fail when more than `limit` are bad."""
-    if not bad:
-        return
-    shown = [p.relative_to(root).as_posix() for p in bad[:5]]
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    if len(bad) > limit * total:
-        raise DatasetError(
-            f"dataset {source}: {len(bad)} of {total} images ({len(bad) / total:.1%}) are corrupt or "
-            f"unreadable, above the limit of {limit:.1%}: {', '.join(shown)}{more}. Replace or delete "
-            "them, or raise max_bad_image_fraction.")
-    logger.warning("skipped %d corrupt or unreadable images of %d: %s%s", len(bad), total,
-                   ", ".join(shown), more)
-
-
-def _store(prepared: PreparedDataset, ref: DatasetRef, bucket: str, manifest_key: str) -> None:
-    """Upload the arrays, then the manifest: a manifest always points at complete data."""
-    target = storage.parse_s3_uri(ref.uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "prepared.npz"
-        prepared.save(path)
-        storage.upload_file(path, target.bucket, target.key)
-    storage.put_json(bucket, manifest_key, ref.model_dump())
+    return plan
 
 
 def _summary(ref: DatasetRef) -> str:
@@ -584,7 +662,24 @@ def _summary(ref: DatasetRef) -> str:
     return f"{len(ref.class_names)} classes, {sizes} images; fingerprint {ref.fingerprint[:12]}"
 
 
+def ref_for(prepared_uri: str) -> DatasetRef:
+    """The manifest of a prepared dataset, from the URI recorded in a model's metadata."""
+    location = storage.parse_s3_uri(prepared_uri.rstrip("/").removesuffix(".npz") + ".json")
+    found = storage.get_json(location.bucket, location.key)
+    if found is None:
+        raise DatasetError(f"prepared dataset {prepared_uri} has no manifest at {location.uri}: it was "
+                           "deleted; re-run the dataset stage to prepare it again")
+    return DatasetRef.model_validate(found[0])
+
+
 def load_prepared(ref: DatasetRef) -> PreparedDataset:
-    """Fetch the prepared arrays (cached locally by ETag) and load them."""
+    """The prepared splits: arrays in memory (npz), or streams over cached shards (tfrecord)."""
+    if ref.format == "tfrecord":
+        location = storage.parse_s3_uri(ref.uri)
+        prefix = location.key.rstrip("/")
+        return PreparedDataset(ref.class_names, {
+            split: records.StreamSplit(uris, records.read_labels(location.bucket, prefix, split),
+                                       ref.image_size)
+            for split, uris in ref.shards.items()})
     return PreparedDataset.load(storage.cached_download(ref.uri))
 

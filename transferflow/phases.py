@@ -61,7 +61,7 @@ def check_storage() -> str:
 
 def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
     options = PrepareOptions(config.image_size, config.val_fraction, config.test_fraction, config.seed,
-                             config.max_bad_image_fraction)
+                             config.max_bad_image_fraction, config.stream_threshold_mb)
     return prepare_dataset(config.dataset, options, logger=logger)
 
 
@@ -76,7 +76,8 @@ def dataset_cache_key(config: RetrainConfig) -> str | None:
     if signature is None:
         return None
     parts = [signature, config.image_size, config.val_fraction, config.test_fraction, config.seed,
-             config.max_bad_image_fraction, PREPARED_FORMAT, storage.endpoint_label(), storage.bucket_name()]
+             config.max_bad_image_fraction, config.stream_threshold_mb, PREPARED_FORMAT,
+             storage.endpoint_label(), storage.bucket_name()]
     return "dataset-" + hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
 
 
@@ -162,11 +163,11 @@ def plan_for(config: RetrainConfig, logger=log) -> ComputePlan:
 
 def _fit_options(config: RetrainConfig, plan: ComputePlan, data, logger, on_epoch, epochs: int,
                  learning_rate: float) -> dict:
-    from transferflow.training import balanced_class_weights
+    from transferflow.training import balanced_class_weights, split_labels
 
     class_weight = None
     if config.balance_classes:
-        class_weight = balanced_class_weights(data.splits["train"][1], len(data.class_names))
+        class_weight = balanced_class_weights(split_labels(data.splits["train"]), len(data.class_names))
         logger.info("class weights (inverse frequency): %s",
                     {data.class_names[c]: round(w, 3) for c, w in class_weight.items()})
     return dict(epochs=epochs, learning_rate=learning_rate, batch_size=plan.global_batch(config.batch_size),
@@ -200,7 +201,7 @@ def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: Backbone
     uri = save_features(key, features)
     seconds = time.monotonic() - started
     logger.info("backbone features computed once for %d train + %d val images (%.1fs), stored at %s; "
-                "training the head on them", len(splits["train"][0]), len(splits["val"][0]), seconds, uri)
+                "training the head on them", len(features["train"]), len(features["val"]), seconds, uri)
     return features, {"source": "computed", "uri": uri, "seconds": round(seconds, 2)}
 
 
@@ -259,8 +260,7 @@ def evaluate_model(dataset: DatasetRef, model_uri: str, batch_size: int, logger=
     from transferflow.training import evaluate
 
     data = load_prepared(dataset)
-    x_test, y_test = data.splits["test"]
-    result = evaluate(modeling.load_from(model_uri), x_test, y_test, dataset.class_names, batch_size)
+    result = evaluate(modeling.load_from(model_uri), data.splits["test"], dataset.class_names, batch_size)
     logger.info("test accuracy %.4f on %d images (chance %.4f)", result["accuracy"], result["images"],
                 1 / len(dataset.class_names))
     return result
@@ -328,7 +328,7 @@ def reproduce_evaluation(reference: str, tolerance: float = 0.0, logger=log) -> 
     more than `tolerance`.
     """
     from transferflow import model as modeling
-    from transferflow.data import PreparedDataset
+    from transferflow.data import load_prepared, ref_for
     from transferflow.errors import RegistryError
     from transferflow.registry import Registry
     from transferflow.training import evaluate
@@ -341,9 +341,8 @@ def reproduce_evaluation(reference: str, tolerance: float = 0.0, logger=log) -> 
         path.unlink()
         raise RegistryError(f"{name}:{version} artifact does not match its recorded sha256: "
                             "the stored model was changed after registration")
-    data = PreparedDataset.load(storage.cached_download(meta["dataset"]["prepared_uri"]))
-    x_test, y_test = data.splits["test"]
-    result = evaluate(modeling.load_classifier(str(path)), x_test, y_test, meta["classes"])
+    data = load_prepared(ref_for(meta["dataset"]["prepared_uri"]))
+    result = evaluate(modeling.load_classifier(str(path)), data.splits["test"], meta["classes"])
     recorded = meta["metrics"]["test"]["accuracy"]
     logger.info("%s:%d test accuracy recorded %.4f, reproduced %.4f", name, version, recorded,
                 result["accuracy"])

@@ -81,6 +81,18 @@ class ProgressLog(keras.callbacks.Callback):
             self.on_epoch(self.epochs, self.epochs)
 
 
+def split_labels(split) -> np.ndarray:
+    """A split's labels: the y of an (x, y) pair, or a streamed split's labels."""
+    return split.labels if hasattr(split, "labels") else split[1]
+
+
+def split_dataset(split, batch_size: int, shuffle: bool, seed: int):
+    """Batches of (float32 pixels, label) from an in-memory (x, y) pair or a streamed split."""
+    if hasattr(split, "dataset"):
+        return split.dataset(batch_size, shuffle, seed)
+    return make_dataset(*split, batch_size, shuffle, seed)
+
+
 def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, seed: int):
     """A tf.data pipeline of float32 pixel batches."""
     import tensorflow as tf
@@ -132,14 +144,13 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
     `batch_size` is the global batch (all replicas together).
     """
     keras.utils.set_random_seed(seed)
-    x_train, y_train = train
-    steps = math.ceil(len(x_train) / batch_size)
+    steps = math.ceil(len(split_labels(train)) / batch_size)
     # recompile: `trainable` may have changed
     compile_for(model, learning_rate_for(schedule, learning_rate, steps, epochs), jit_compile)
     started = time.monotonic()
     history = model.fit(
-        make_dataset(x_train, y_train, batch_size, True, seed),
-        validation_data=make_dataset(*val, batch_size, False, seed),
+        split_dataset(train, batch_size, True, seed),
+        validation_data=split_dataset(val, batch_size, False, seed),
         epochs=epochs, verbose=0, class_weight=class_weight, shuffle=False,  # the dataset shuffles
         callbacks=[
             keras.callbacks.TerminateOnNaN(),
@@ -152,7 +163,7 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
     if any(not math.isfinite(v) for v in losses):
         raise TrainingError(f"{phase}: the loss became {losses[-1]} (diverged). Lower the "
                             "learning rate or check the images; nothing was registered.")
-    val_loss, val_accuracy = model.evaluate(make_dataset(*val, batch_size, False, seed), verbose=0)
+    val_loss, val_accuracy = model.evaluate(split_dataset(val, batch_size, False, seed), verbose=0)
     return PhaseMetrics(
         phase=phase, epochs_run=len(losses), val_accuracy=float(val_accuracy),
         val_loss=float(val_loss), train_accuracy=float(history.history["accuracy"][-1]),
@@ -164,9 +175,9 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
 def extract_features(classifier: keras.Model, splits: dict, batch_size: int) -> dict[str, np.ndarray]:
     """The pooled backbone output (what the head sees) for each split's images, as float32."""
     extractor = keras.Model(classifier.input, classifier.get_layer("pool").output)
-    return {name: np.asarray(extractor.predict(make_dataset(x, y, batch_size, False, 0), verbose=0),
+    return {name: np.asarray(extractor.predict(split_dataset(split, batch_size, False, 0), verbose=0),
                              dtype=np.float32)
-            for name, (x, y) in splits.items()}
+            for name, split in splits.items()}
 
 
 def fit_head_on_features(classifier: keras.Model, train, val, *, epochs: int, learning_rate: float,
@@ -185,7 +196,8 @@ def fit_head_on_features(classifier: keras.Model, train, val, *, epochs: int, le
     if features is None:
         features = extract_features(classifier, {"train": train, "val": val}, batch_size)
         logger.info("backbone features computed once for %d train + %d val images (%.1fs); training "
-                    "the head on them", len(train[0]), len(val[0]), time.monotonic() - started)
+                    "the head on them", len(features["train"]), len(features["val"]),
+                    time.monotonic() - started)
     dense = classifier.get_layer("classifier")
     head = keras.Sequential([
         keras.Input((features["train"].shape[1],)),
@@ -193,7 +205,8 @@ def fit_head_on_features(classifier: keras.Model, train, val, *, epochs: int, le
         keras.layers.Dense(dense.units, activation="softmax", dtype="float32", name="classifier"),
     ])
     head.get_layer("classifier").set_weights(dense.get_weights())
-    metrics = fit_phase(head, "head", (features["train"], train[1]), (features["val"], val[1]),
+    metrics = fit_phase(head, "head", (features["train"], split_labels(train)),
+                        (features["val"], split_labels(val)),
                         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                         patience=patience, seed=seed, logger=logger, on_epoch=on_epoch, **fit_options)
     dense.set_weights(head.get_layer("classifier").get_weights())
@@ -201,10 +214,10 @@ def fit_head_on_features(classifier: keras.Model, train, val, *, epochs: int, le
     return metrics
 
 
-def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, class_names: list[str],
-             batch_size: int = 64) -> dict:
-    """Accuracy and per-class accuracy on a held-out split."""
-    probabilities = model.predict(make_dataset(x, y, batch_size, False, 0), verbose=0)
+def evaluate(model: keras.Model, split, class_names: list[str], batch_size: int = 64) -> dict:
+    """Accuracy and per-class accuracy on a held-out split ((x, y) or streamed)."""
+    y = split_labels(split)
+    probabilities = model.predict(split_dataset(split, batch_size, False, 0), verbose=0)
     predicted = probabilities.argmax(axis=1)
     per_class = {}
     for index, name in enumerate(class_names):

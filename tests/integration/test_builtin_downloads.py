@@ -78,3 +78,21 @@ def test_wrong_checksum_is_refused_and_discarded(server, tmp_path):
     with pytest.raises(ChecksumError, match="checksum mismatch"):
         download(remote.url, target, Checksum("sha256", "0" * 64))
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_folder_builtin_prepares_through_the_pipeline(bucket, tmp_path, monkeypatch):
+    """tf_flowers end to end: downloaded, checksummed, extracted, scanned, decoded, mirrored."""
+    from tests.integration.test_mirror import Origin
+    from transferflow.data import PrepareOptions, prepare_dataset
+
+    write_flowers(tmp_path / "www" / "tf_flowers", per_class=4)
+    origin = Origin(tmp_path / "www")
+    monkeypatch.setitem(BUILTINS, "tf_flowers", local("tf_flowers", origin.base, tmp_path / "www"))
+    try:
+        ref = prepare_dataset("tf_flowers", PrepareOptions(32, 0.25, 0.25, 0))
+    finally:
+        origin.stop()
+    assert ref.class_names == ["daisy", "dandelion", "roses", "sunflowers", "tulips"]
+    assert {split: sum(c.values()) for split, c in ref.counts.items()} == {"train": 10, "val": 5, "test": 5}
+    monkeypatch.setenv("TRANSFERFLOW_CACHE_DIR", str(tmp_path / "offline-worker"))
+    assert prepare_dataset("tf_flowers", PrepareOptions(40, 0.25, 0.25, 0)).image_size == 40  # mirror

@@ -96,7 +96,8 @@ def test_an_unpinned_url_follows_its_origin_and_falls_back_to_the_mirror(bucket,
     assert "does not answer: using its mirror" in caplog.text
 
 
-def test_without_origin_or_mirror_the_error_says_what_to_do(bucket, origin, fresh_cache):
+def test_without_origin_or_mirror_the_error_says_what_to_do(bucket, origin, fresh_cache, monkeypatch):
+    monkeypatch.setattr("transferflow.downloads.time.sleep", lambda seconds: None)  # skip the backoff
     origin.stop()
     with pytest.raises(DownloadError, match="without internet"):
         prepare_dataset(f"{origin.base}/shapes.tar.gz", OPTIONS)

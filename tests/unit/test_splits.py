@@ -41,13 +41,18 @@ def test_too_small_class_names_the_class():
 
 
 def test_complete_splits_carves_only_what_is_missing():
+    from transferflow.data import Decoded, Items
+
     x = np.arange(40).reshape(40, 1)
     y = labels([20, 20])
-    given_test = (x[:4], y[:4])
-    splits, origin = complete_splits({"train": (x, y), "test": given_test}, 0.1, 0.1, 0, NAMES)
+    train = Items(y, lambda positions: Decoded(x[positions], []))
+    given_test = Items(y[:4], lambda positions: Decoded(x[:4][positions], []))
+    splits, origin = complete_splits({"train": train, "test": given_test}, 0.1, 0.1, 0, NAMES)
     assert origin == {"val": "carved", "test": "given"}
     assert splits["test"] is given_test
-    assert len(splits["val"][0]) == 4 and len(splits["train"][0]) == 36
+    assert len(splits["val"].labels) == 4 and len(splits["train"].labels) == 36
+    carved = splits["val"].load(np.arange(4)).images.ravel()  # positions map back to the source
+    assert np.array_equal(y[carved], splits["val"].labels)
 
 
 def test_resize_array_changes_size_and_keeps_dtype():

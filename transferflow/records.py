@@ -1,0 +1,133 @@
+"""Prepared datasets too large for memory: sharded TFRecord files, streamed by tf.data.
+
+Each split is written as `<split>-NNNNN.tfrecord` shards of at most SHARD_BYTES, holding
+tf.train.Examples with the raw uint8 pixels and the label, plus `<split>-labels.npy` (the
+labels alone, small, for class counts and class weights). Training reads the shards from
+the local cache with parallel interleave and parse, a bounded shuffle buffer and prefetch,
+so memory stays flat however many images there are.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from transferflow import storage
+
+log = logging.getLogger(__name__)
+
+SHARD_BYTES = int(os.environ.get("TRANSFERFLOW_SHARD_BYTES", 256 << 20))
+SHUFFLE_BUFFER = 8192
+
+
+@dataclass
+class StreamSplit:
+    """One split of a streamed dataset: its shards (local paths once fetched) and labels."""
+
+    shards: list[str]  # s3:// URIs
+    labels: np.ndarray
+    image_size: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def local_shards(self) -> list[str]:
+        """The shards in the local cache (downloaded once, reused while their ETag holds)."""
+        return [str(storage.cached_download(uri)) for uri in self.shards]
+
+    def dataset(self, batch_size: int, shuffle: bool, seed: int):
+        """Batches of (float32 pixels, int32 label), streamed from the shards."""
+        import tensorflow as tf
+
+        files = tf.data.Dataset.from_tensor_slices(self.local_shards())
+        if not shuffle:  # evaluation: the shards in order, read ahead in the background
+            records = tf.data.TFRecordDataset(files, buffer_size=8 << 20)
+        else:  # training: shard order shuffled, several shards read at once, records mixed
+            files = files.shuffle(len(self.shards), seed=seed, reshuffle_each_iteration=True)
+            records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(self.shards)),
+                                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            records = records.shuffle(min(SHUFFLE_BUFFER, len(self)), seed=seed,
+                                      reshuffle_each_iteration=True)
+        size = self.image_size
+        records = records.apply(tf.data.experimental.assert_cardinality(len(self)))  # Keras knows the steps
+        return (records.map(lambda r: _parse(r, size), num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def _parse(record, size: int):
+    import tensorflow as tf
+
+    parsed = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string),
+                                                 "label": tf.io.FixedLenFeature([], tf.int64)})
+    image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint8), (size, size, 3))
+    return tf.cast(image, tf.float32), tf.cast(parsed["label"], tf.int32)
+
+
+def write_split(chunks: Iterable[tuple[np.ndarray, np.ndarray]], bucket: str, prefix: str, split: str,
+                logger=log) -> tuple[list[str], np.ndarray]:
+    """Write (images, labels) chunks as shards under s3://bucket/prefix/; returns the shard URIs
+    and all labels. Only one shard is held on local disk at a time, and one chunk in memory."""
+    import tensorflow as tf
+
+    uris, labels = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        writer, path, written = None, None, 0
+        for images, chunk_labels in chunks:
+            for image, label in zip(images, chunk_labels, strict=True):
+                if writer is None:
+                    path = Path(tmp) / f"{split}-{len(uris):05d}.tfrecord"
+                    writer, written = tf.io.TFRecordWriter(str(path)), 0
+                writer.write(_example(image, int(label)))
+                written += image.nbytes
+                if written >= SHARD_BYTES:
+                    writer.close()
+                    uris.append(_upload(path, bucket, prefix))
+                    writer = None
+            labels.append(chunk_labels)
+        if writer is not None:
+            writer.close()
+            uris.append(_upload(path, bucket, prefix))
+    all_labels = np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32)
+    buffer = io.BytesIO()
+    np.save(buffer, all_labels, allow_pickle=False)
+    storage.put_bytes(bucket, f"{prefix}/{split}-labels.npy", buffer.getvalue(), "application/octet-stream")
+    logger.info("wrote %s: %d images in %d shards", split, len(all_labels), len(uris))
+    return uris, all_labels
+
+
+def _example(image: np.ndarray, label: int) -> bytes:
+    import tensorflow as tf
+
+    return tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+    })).SerializeToString()
+
+
+def _upload(path: Path, bucket: str, prefix: str) -> str:
+    key = f"{prefix}/{path.name}"
+    storage.upload_file(path, bucket, key)
+    path.unlink()
+    return f"s3://{bucket}/{key}"
+
+
+def read_labels(bucket: str, prefix: str, split: str) -> np.ndarray:
+    path = storage.cached_download(f"s3://{bucket}/{prefix}/{split}-labels.npy")
+    return np.load(path, allow_pickle=False)
+
+
+def chunked(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    for start in range(0, len(indices), size):
+        yield indices[start:start + size]
+
+
+def estimated_bytes(images: int, image_size: int) -> int:
+    return images * image_size * image_size * 3
+
