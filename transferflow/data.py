@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -328,50 +329,88 @@ def decode_images(paths: list[Path], image_size: int) -> Decoded:
     """Decode JPEG/PNG/BMP/GIF to RGB (grayscale and alpha converted) at image_size x image_size.
 
     A parallel tf.data pipeline. JPEGs are decoded at 1/2, 1/4 or 1/8 scale when the image is
-    that much larger than the target (libjpeg's DCT scaling: most of the work is skipped), and
-    the resize antialiases only when it still shrinks by 2x or more. Corrupt or truncated files
-    are skipped and reported, not fatal: the caller decides how many it tolerates.
+    that much larger than the target (libjpeg's DCT scaling skips most of the work); the
+    scale is read from each file's header up front, so every group of files runs one fixed
+    decode op. Resizes antialias only when they still shrink by 2x or more. Corrupt or
+    truncated files are skipped and reported, not fatal: the caller decides how many it
+    tolerates.
     """
     import tensorflow as tf
 
-    names = tf.data.Dataset.from_tensor_slices([str(p) for p in paths])
-    indexed = tf.data.Dataset.zip(tf.data.Dataset.range(len(paths)), names)
-    decoded = (indexed.map(lambda i, name: (i, _decode_resize(tf.io.read_file(name), image_size)),
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-               .ignore_errors()
-               .batch(256)
-               .prefetch(2))
-    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
-    good = np.zeros(len(paths), dtype=bool)
-    for index, images in decoded.as_numpy_iterator():
-        out[index] = images
-        good[index] = True
-    return Decoded(images=out[good], bad=np.flatnonzero(~good).tolist())
+    groups: dict[tuple, list[int]] = {}
+    for index, path in enumerate(paths):
+        groups.setdefault(_decode_plan(path, image_size), []).append(index)
+    decoded = None
+    for plan, indices in sorted(groups.items(), key=lambda item: str(item[0])):
+        names = [str(paths[i]) for i in indices]
+        part = tf.data.Dataset.from_tensor_slices((np.array(indices, np.int64), names))
+        part = part.map(lambda i, name, plan=plan: (i, _decode_resize(tf.io.read_file(name), image_size,
+                                                                      *plan)),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+        decoded = part if decoded is None else decoded.concatenate(part)
+    indices, batches = [], []
+    if decoded is not None:
+        for index, images in decoded.batch(64).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
+            indices.append(index)
+            batches.append(images)
+    if not batches:
+        return Decoded(np.zeros((0, image_size, image_size, 3), np.uint8), list(range(len(paths))))
+    found = np.concatenate(indices)
+    images = np.concatenate(batches)[np.argsort(found, kind="stable")]  # back in input order
+    return Decoded(images=images, bad=sorted(set(range(len(paths))) - set(found.tolist())))
 
 
-def _decode_resize(contents, size: int):
+def _decode_plan(path: Path, size: int) -> tuple[int, bool | None]:
+    """(JPEG DCT scale, antialias) for a file: scale 0 means "not a readable JPEG header: decode
+    generically"; antialias None means "decide from the decoded size"."""
+    shape = jpeg_shape(path)
+    if shape is None:
+        return 0, None
+    smallest = min(shape)
+    ratio = next((r for r in (8, 4, 2) if smallest >= size * r), 1)
+    return ratio, smallest / ratio >= 2 * size
+
+
+def jpeg_shape(path: Path) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's SOF header, reading only the markers before it."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(2) != b"\xff\xd8":
+                return None
+            while True:
+                marker = handle.read(2)
+                if len(marker) < 2 or marker[0] != 0xFF:
+                    return None
+                length = int.from_bytes(handle.read(2), "big")
+                if marker[1] in SOF_MARKERS:
+                    header = handle.read(5)
+                    return int.from_bytes(header[1:3], "big"), int.from_bytes(header[3:5], "big")
+                if length < 2:
+                    return None
+                handle.seek(length - 2, os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def _decode_resize(contents, size: int, ratio: int, antialias: bool | None):
     import tensorflow as tf
 
-    image = tf.cond(tf.io.is_jpeg(contents), lambda: _decode_jpeg_scaled(contents, size),
-                    lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
+    if ratio:  # fast integer IDCT and plain chroma upsampling: invisible once scaled down
+        fast = dict(dct_method="INTEGER_FAST", fancy_upscaling=False) if ratio > 1 else {}
+        image = tf.io.decode_jpeg(contents, channels=3, ratio=ratio, **fast)
+    else:
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    shrink = tf.cast(tf.reduce_min(tf.shape(image)[:2]), tf.float32) / size
-    resized = tf.cond(shrink >= 2.0,
-                      lambda: tf.image.resize(image, (size, size), antialias=True),
-                      lambda: tf.image.resize(image, (size, size)))
+    if antialias is None:
+        shrink = tf.cast(tf.reduce_min(tf.shape(image)[:2]), tf.float32) / size
+        resized = tf.cond(shrink >= 2.0, lambda: tf.image.resize(image, (size, size), antialias=True),
+                          lambda: tf.image.resize(image, (size, size)))
+    else:
+        resized = tf.image.resize(image, (size, size), antialias=antialias)
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-
-
-def _decode_jpeg_scaled(contents, size: int):
-    """Decode at the smallest DCT scale (1/8, 1/4, 1/2, 1) that still covers size x size."""
-    import tensorflow as tf
-
-    shape = tf.image.extract_jpeg_shape(contents)
-    smallest = tf.minimum(shape[0], shape[1])
-    branches = [(smallest >= size * ratio,
-                 lambda ratio=ratio: tf.io.decode_jpeg(contents, channels=3, ratio=ratio))
-                for ratio in (8, 4, 2)]
-    return tf.case(branches, default=lambda: tf.io.decode_jpeg(contents, channels=3), exclusive=False)
 
 
 def resize_array(images: np.ndarray, image_size: int, batch: int = 1024) -> np.ndarray:
