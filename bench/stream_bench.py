@@ -22,7 +22,9 @@ from pathlib import Path
 CHILD = r"""
 import json, os, resource, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+from transferflow import storage
 from transferflow.data import PrepareOptions, load_prepared, prepare_dataset
+storage.ensure_bucket()
 from transferflow.training import split_dataset
 folder, size, threshold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ref = prepare_dataset(folder, PrepareOptions(size, 0.1, 0.1, 0, stream_threshold_mb=threshold))
@@ -48,7 +50,9 @@ def write_folder(root: Path, images: int) -> None:
 
 def measure(folder: Path, size: int, threshold: int, env: dict) -> dict:
     result = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(size), str(threshold)],
-                            capture_output=True, text=True, env=env, check=True)
+                            capture_output=True, text=True, env=env)
+    if result.returncode:
+        sys.exit(f"measurement failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

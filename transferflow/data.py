@@ -36,7 +36,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 SPLITS = ("train", "val", "test")
 MIN_TRAIN_PER_CLASS = 1
-CHUNK_IMAGES = 2048  # decoded at a time when streaming
 STREAMED_SUFFIX = "-tfrecord"
 PREPARED_FORMAT = 2  # bump when the prepared layout changes, so old caches are not reused
 
@@ -630,7 +629,8 @@ def _write_stream(ref: DatasetRef, splits: dict[str, Items], bad: Bad, bucket: s
     shards, counts = {}, {}
     for split, items in splits.items():
         def chunks(items=items):
-            for positions in records.chunked(np.arange(len(items.labels)), CHUNK_IMAGES):
+            chunk = records.chunk_images(ref.image_size)
+            for positions in records.chunked(np.arange(len(items.labels)), chunk):
                 decoded = items.load(positions)
                 yield decoded.images, bad.add(items, decoded, positions)
 

@@ -24,7 +24,7 @@ from transferflow import storage
 log = logging.getLogger(__name__)
 
 SHARD_BYTES = int(os.environ.get("TRANSFERFLOW_SHARD_BYTES", 256 << 20))
-SHUFFLE_BUFFER = 8192
+SHUFFLE_BYTES = 128 << 20  # the shuffle buffer holds at most this much decoded image data
 
 
 @dataclass
@@ -37,6 +37,10 @@ class StreamSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def shuffle_buffer(self) -> int:
+        """Images in the shuffle buffer: bounded in bytes, so memory does not grow with the data."""
+        return min(len(self), max(1024, SHUFFLE_BYTES // (self.image_size**2 * 3)))
 
     def local_shards(self) -> list[str]:
         """The shards in the local cache (downloaded once, reused while their ETag holds)."""
@@ -53,8 +57,7 @@ class StreamSplit:
             files = files.shuffle(len(self.shards), seed=seed, reshuffle_each_iteration=True)
             records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(self.shards)),
                                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            records = records.shuffle(min(SHUFFLE_BUFFER, len(self)), seed=seed,
-                                      reshuffle_each_iteration=True)
+            records = records.shuffle(self.shuffle_buffer(), seed=seed, reshuffle_each_iteration=True)
         size = self.image_size
         records = records.apply(tf.data.experimental.assert_cardinality(len(self)))  # Keras knows the steps
         return (records.map(lambda r: _parse(r, size), num_parallel_calls=tf.data.AUTOTUNE)
@@ -126,6 +129,11 @@ def read_labels(bucket: str, prefix: str, split: str) -> np.ndarray:
 def chunked(indices: np.ndarray, size: int) -> Iterator[np.ndarray]:
     for start in range(0, len(indices), size):
         yield indices[start:start + size]
+
+
+def chunk_images(image_size: int, budget: int = 64 << 20) -> int:
+    """Images decoded at a time when streaming: about `budget` bytes of pixels."""
+    return max(64, budget // (image_size**2 * 3))
 
 
 def estimated_bytes(images: int, image_size: int) -> int:
