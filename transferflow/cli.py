@@ -54,13 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = commands.add_parser("datasets", help="inspect and fill the dataset store and mirror")
     dataset_commands = datasets.add_subparsers(dest="datasets_command", required=True)
-    listing = dataset_commands.add_parser("list", help="prepared datasets and mirrored sources")
-    listing.add_argument("--json", action="store_true", help="print the manifests as JSON")
-    listing.set_defaults(handler=cmd_datasets_list)
-    show = dataset_commands.add_parser("show", help="one dataset's prepared variants and mirror")
-    show.add_argument("reference", metavar="NAME|URI")
-    show.add_argument("--json", action="store_true", help="print as JSON")
-    show.set_defaults(handler=cmd_datasets_show)
+    add_list_and_show(dataset_commands, ("prepared datasets and mirrored sources", cmd_datasets_list),
+                      ("one dataset's prepared variants and mirror", cmd_datasets_show), "NAME|URI")
     prefetch = dataset_commands.add_parser(
         "prefetch", help="download, mirror and prepare a dataset now",
         description="Download a dataset (on a machine with internet), copy it to the object-storage "
@@ -72,14 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = commands.add_parser("models", help="inspect the model registry")
     model_commands = models.add_subparsers(dest="models_command", required=True)
-    listing = model_commands.add_parser("list", help="every registered version")
-    listing.add_argument("--json", action="store_true", help="print the metadata as JSON")
-    listing.set_defaults(handler=cmd_models_list)
-    show = model_commands.add_parser("show", help="one version's metadata")
-    show.add_argument("reference", metavar="NAME[:VERSION|@ALIAS]")
-    show.add_argument("--json", action="store_true", help="print the metadata as JSON")
-    show.set_defaults(handler=cmd_models_show)
+    add_list_and_show(model_commands, ("every registered version", cmd_models_list),
+                      ("one version's metadata", cmd_models_show), "NAME[:VERSION|@ALIAS]")
     return parser
+
+
+def add_list_and_show(commands, listing: tuple[str, Any], showing: tuple[str, Any], metavar: str) -> None:
+    """`list` and `show REFERENCE`, both with --json: (help, handler) for each."""
+    for name, (help_text, handler) in (("list", listing), ("show", showing)):
+        command = commands.add_parser(name, help=help_text)
+        if name == "show":
+            command.add_argument("reference", metavar=metavar)
+        command.add_argument("--json", action="store_true", help="print JSON")
+        command.set_defaults(handler=handler)
 
 
 PREPARE_FIELDS = ("image_size", "val_fraction", "test_fraction", "seed", "max_bad_image_fraction",
