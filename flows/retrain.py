@@ -9,7 +9,7 @@ from flows.naming import retrain_run_name
 from tasks.backbone import build_backbone
 from tasks.dataset import check_storage, download_dataset
 from tasks.evaluation import evaluate_model
-from tasks.registry import register_model
+from tasks.registry import decide_promotion, export_model, promote_model, register_model
 from tasks.remote import choose_training_target
 from tasks.reporting import announce_registration, publish_report
 from tasks.training import decide_fine_tune, run_phase
@@ -30,8 +30,12 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a f
     fine = run_phase("fine_tune", target, config, dataset, run_id, head=head) if gate.passed else None
     final = fine.chosen if fine else head
     test = evaluate_model(dataset, final.model_uri, config.batch_size)
-    metadata = build_metadata(config, dataset, backbone, head, gate, fine, test, flow_run.id)
+    promotion = decide_promotion(config, dataset, test)
+    savedmodel = export_model(final, run_id)
+    metadata = build_metadata(config, dataset, backbone, head, gate, fine, test, flow_run.id,
+                              promotion, savedmodel)
     registered = register_model(config, metadata, final, run_id)
+    registered = promote_model(config, registered, promotion)
     announce_registration(metadata, registered)
     publish_report(metadata, registered)
     return registered

@@ -4,6 +4,8 @@ from prefect.logging import get_run_logger
 from tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 from transferflow import phases
 from transferflow.config import RetrainConfig
+from transferflow.data import DatasetRef
+from transferflow.gate import PromotionDecision
 
 
 @task(name="register_model", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
@@ -19,3 +21,25 @@ def register_model(config: RetrainConfig, metadata: dict, final: phases.PhaseOut
     removed = phases.cleanup_run(run_id)
     logger.info("removed %d staged objects of run %s", removed, run_id)
     return registered
+
+
+@task(name="decide_promotion", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def decide_promotion(config: RetrainConfig, dataset: DatasetRef, test: dict) -> PromotionDecision:
+    """Bless the new model or not: the accuracy floor, and no worse than production."""
+    return phases.decide_promotion(config, dataset, test, logger=get_run_logger())
+
+
+@task(name="export_model", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def export_model(final: phases.PhaseOutcome, run_id: str) -> dict:
+    """Stage a TensorFlow SavedModel (for TF Serving) of the final model."""
+    return phases.export_model(final, run_id, logger=get_run_logger())
+
+
+# No retries: a conflict (production moved while this run was deciding) must surface, not be
+# papered over by a second attempt that would compare against a different production.
+@task(name="promote_model")
+def promote_model(config: RetrainConfig, registered: dict, decision: PromotionDecision) -> dict:
+    """Move production (or candidate) to the new version if the gate blessed it."""
+    return phases.apply_promotion(config, registered, decision, logger=get_run_logger())

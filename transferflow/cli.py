@@ -65,11 +65,83 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(prefetch, only=PREPARE_FIELDS)
     prefetch.set_defaults(handler=cmd_datasets_prefetch)
 
-    models = commands.add_parser("models", help="inspect the model registry")
-    model_commands = models.add_subparsers(dest="models_command", required=True)
-    add_list_and_show(model_commands, ("every registered version", cmd_models_list),
-                      ("one version's metadata", cmd_models_show), "NAME[:VERSION|@ALIAS]")
+    models = commands.add_parser("models", help="inspect and manage the model registry")
+    add_model_commands(models.add_subparsers(dest="models_command", required=True))
+
+    predict = commands.add_parser("predict", help="classify images with a registered version",
+                                  description="Top-k labels from a registered version (verified "
+                                  "bytes), decoding and resizing the images as training did.")
+    predict.add_argument("reference", metavar="NAME[:VERSION|@ALIAS]")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders or s3:// URIs")
+    predict.add_argument("--top-k", type=int, default=3, help="labels per image (default: 3)")
+    predict.add_argument("--json", action="store_true", help="print JSON")
+    predict.set_defaults(handler=cmd_predict)
     return parser
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if args.top_k < 1:
+        raise TransferflowError("--top-k must be at least 1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from transferflow.predict import predict
+
+    model, predictions = predict(args.reference, args.images, args.top_k)
+    if args.json:
+        print(json.dumps({"model": model, "predictions": [p.as_dict() for p in predictions]}, indent=2))
+        return 0
+    print(f"model {model}")
+    for prediction in predictions:
+        labels = ", ".join(f"{label} {probability:.3f}" for label, probability in prediction.top)
+        print(f"{prediction.image}: {labels}")
+    return 0
+
+
+def add_model_commands(commands) -> None:
+    """`models list|show|history|diff|pull|promote|rollback|delete|gc`."""
+    add_list_and_show(commands, ("every registered version", cmd_models_list),
+                      ("one version's metadata", cmd_models_show), "NAME[:VERSION|@ALIAS]")
+    ref = "NAME[:VERSION|@ALIAS]"
+    history = _subcommand(commands, "history", cmd_models_history, "every alias move, oldest first")
+    history.add_argument("name", metavar="NAME")
+    history.add_argument("--alias", help="only this alias")
+    history.add_argument("--json", action="store_true", help="print JSON")
+    diff = _subcommand(commands, "diff", cmd_models_diff, "two versions' parameters and metrics")
+    diff.add_argument("reference_a", metavar=ref)
+    diff.add_argument("reference_b", metavar=ref)
+    diff.add_argument("--json", action="store_true", help="print JSON")
+    pull = _subcommand(commands, "pull", cmd_models_pull, "download a version, its sha256 checked")
+    pull.add_argument("reference", metavar=ref)
+    pull.add_argument("dir", metavar="DIR")
+    promote = _subcommand(commands, "promote", cmd_models_promote, "point an alias at a version")
+    promote.add_argument("reference", metavar=ref)
+    promote.add_argument("--expect", type=_expected_version, default="any", metavar="VERSION|none",
+                         help="only move the alias if it is still at this version (none: not set yet)")
+    rollback = _subcommand(commands, "rollback", cmd_models_rollback, "undo an alias's last move")
+    rollback.add_argument("name", metavar="NAME")
+    for command in (promote, rollback):
+        command.add_argument("--alias", required=True, help="e.g. production, staging")
+        command.add_argument("--reason", default=None, help="recorded in the alias history")
+    delete = _subcommand(commands, "delete", cmd_models_delete, "delete a version no alias uses")
+    delete.add_argument("reference", metavar="NAME:VERSION")
+    delete.add_argument("--yes", action="store_true", help="really delete (otherwise only list)")
+    gc = _subcommand(commands, "gc", cmd_models_gc, "delete old versions no alias uses")
+    gc.add_argument("name", metavar="NAME")
+    gc.add_argument("--keep", type=int, required=True, metavar="N", help="newest versions to keep")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
+
+
+def _subcommand(commands, name: str, handler, help_text: str) -> argparse.ArgumentParser:
+    command = commands.add_parser(name, help=help_text, description=help_text.capitalize() + ".")
+    command.set_defaults(handler=handler)
+    return command
+
+
+def _expected_version(value: str) -> int | str | None:
+    if value in ("any", "none"):
+        return None if value == "none" else value
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not a version number, 'none' or 'any'")
+    return int(value)
 
 
 def add_list_and_show(commands, listing: tuple[str, Any], showing: tuple[str, Any], metavar: str) -> None:
@@ -243,6 +315,110 @@ def cmd_models_show(args: argparse.Namespace) -> int:
         print(f"  fine-tune   {meta['gate']['keep_fine_tuned']['reason']}")
     print(f"  flow run    {meta['lineage']['flow_run_id']}")
     return 0
+
+
+def cmd_models_history(args: argparse.Namespace) -> int:
+    entries = _registry().history(args.name, args.alias)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    elif not entries:
+        print(f"no alias moves recorded for {args.name}" + (f"@{args.alias}" if args.alias else ""))
+    else:
+        rows = [(e["at"] or "?", e["alias"], _version(e["from_version"]), _version(e["to_version"]),
+                 e.get("action", "move"), e.get("by") or "?", e.get("reason") or "") for e in entries]
+        print_table(("AT", "ALIAS", "FROM", "TO", "ACTION", "BY", "REASON"), rows)
+    return 0
+
+
+def cmd_models_diff(args: argparse.Namespace) -> int:
+    diff = _registry().diff(args.reference_a, args.reference_b)
+    if args.json:
+        print(json.dumps(diff, indent=2))
+        return 0
+    header = ("", diff["a"], diff["b"])
+    params = [(key, _cell(a), _cell(b)) for key, (a, b) in diff["parameters"].items()]
+    print("parameters that differ:" if params else "parameters: identical")
+    if params:
+        print_table(header, params)
+    print("metrics:")
+    print_table((*header, "B-A"), [(key, _cell(a), _cell(b), _delta(a, b))
+                                   for key, (a, b) in diff["metrics"].items()])
+    return 0
+
+
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    path = _registry().pull(args.reference, args.dir)
+    print(f"{path}  (size and sha256 verified)")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    registry = _registry()
+    name, version = registry.resolve(args.reference)
+    entry = registry.promote(name, version, args.alias, args.reason or "promoted from the command line",
+                             expected_current=args.expect)
+    _print_move(name, args.alias, version, entry)
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    entry = _registry().rollback(args.name, args.alias, args.reason)
+    _print_move(args.name, args.alias, entry["to_version"], entry)
+    return 0
+
+
+def cmd_models_delete(args: argparse.Namespace) -> int:
+    from transferflow.registry import REF_RE
+
+    match = REF_RE.match(args.reference)
+    if not match or not match["version"]:
+        raise TransferflowError(f"delete takes NAME:VERSION, not {args.reference!r}: name the version")
+    name, version = match["name"], int(match["version"])
+    keys = _registry().delete(name, version, dry_run=not args.yes)
+    for key in keys:
+        print(f"{'deleted' if args.yes else 'would delete'}  {key}")
+    if not args.yes:
+        raise TransferflowError(f"nothing deleted: rerun with --yes to delete {name}:{version}")
+    return 0
+
+
+def cmd_models_gc(args: argparse.Namespace) -> int:
+    removed = _registry().gc(args.name, args.keep, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {args.name} versions {', '.join(map(str, removed))}" if removed
+          else f"nothing to delete: {args.name} has no unaliased versions beyond the newest {args.keep}")
+    return 0
+
+
+def _registry():
+    from transferflow.registry import Registry
+
+    return Registry()
+
+
+def _print_move(name: str, alias: str, version: int, entry: dict | None) -> None:
+    if entry is None:
+        print(f"{name}@{alias} already at version {version}; nothing changed")
+    else:
+        print(f"{name}@{alias}: {_version(entry['from_version'])} -> {entry['to_version']}  "
+              f"({entry['action']} by {entry['by']})")
+
+
+def _version(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+def _delta(a: Any, b: Any) -> str:
+    numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+    return f"{b - a:+.4f}" if numeric else ""
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

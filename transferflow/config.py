@@ -94,6 +94,20 @@ class RetrainConfig(BaseModel):
         0.1, gt=0.0, lt=0.5,
         description="Share of train carved out for testing when the dataset has no test split.",
     )
+    promote_min_accuracy: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="A new version is blessed only if its test accuracy is at least this.",
+    )
+    promote_tolerance: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="... and no worse than the production version's recorded test accuracy by more "
+        "than this.",
+    )
+    auto_promote: bool = Field(
+        True,
+        description="Move the production alias to a blessed version; when off, blessed versions are "
+        "marked with the candidate alias instead.",
+    )
     max_bad_image_fraction: float = Field(
         0.01, ge=0.0, le=0.5,
         description="Corrupt or unreadable images are skipped (and counted in the log) up to this share "

@@ -42,3 +42,49 @@ def keep_fine_tuned(head_val_accuracy: float, tuned_val_accuracy: float) -> Gate
                         threshold=head_val_accuracy,
                         reason=f"fine-tuned val_accuracy {tuned_val_accuracy:.4f} < head "
                         f"{head_val_accuracy:.4f}: regressed, keeping the head-only model")
+
+
+class PromotionDecision(BaseModel):
+    """Whether a new version is blessed (TFX Evaluator semantics), and what happens to it."""
+
+    blessed: bool
+    action: str  # promote | candidate | none
+    test_accuracy: float
+    min_accuracy: float
+    tolerance: float
+    production_version: int | None
+    production_accuracy: float | None
+    same_dataset: bool | None  # None when there is no production version
+    reason: str
+
+
+def promotion_gate(test_accuracy: float, fingerprint: str, min_accuracy: float, tolerance: float,
+                   auto_promote: bool, production: tuple[int, dict] | None) -> PromotionDecision:
+    """Blessed when test accuracy clears the floor and is no worse than production's own recorded
+    test accuracy by more than `tolerance` (skipped when nothing is in production yet)."""
+    facts = dict(test_accuracy=test_accuracy, min_accuracy=min_accuracy, tolerance=tolerance,
+                 production_version=None, production_accuracy=None, same_dataset=None)
+    reasons = []
+    blessed = test_accuracy >= min_accuracy
+    reasons.append(f"test accuracy {test_accuracy:.4f} {'>=' if blessed else '<'} floor {min_accuracy:.4f}")
+    if production is None:
+        reasons.append("no production version yet: baseline check skipped")
+    else:
+        version, meta = production
+        recorded = meta["metrics"]["test"]["accuracy"]
+        same = meta["dataset"]["fingerprint"] == fingerprint
+        facts.update(production_version=version, production_accuracy=recorded, same_dataset=same)
+        holds = test_accuracy >= recorded - tolerance
+        blessed = blessed and holds
+        reasons.append(f"{'within' if holds else 'worse than'} production v{version}'s {recorded:.4f} "
+                       f"by tolerance {tolerance:.4f}")
+        if not same:
+            theirs = meta["dataset"]["fingerprint"][:12]
+            reasons.append(f"note: production was evaluated on dataset {theirs}, this version on "
+                           f"{fingerprint[:12]}: the accuracies are not directly comparable")
+    action = ("promote" if auto_promote else "candidate") if blessed else "none"
+    outcome = {"promote": "blessed: moving production to it",
+               "candidate": "blessed: marked candidate (auto_promote is off)",
+               "none": "not blessed: production unchanged"}[action]
+    return PromotionDecision(blessed=blessed, action=action, reason="; ".join(reasons) + f" -> {outcome}",
+                             **facts)

@@ -114,6 +114,28 @@ def _with_policy(node, policy: str):
     return {key: _with_policy(value, policy) for key, value in node.items()}
 
 
+def export_savedmodel(model: keras.Model, directory) -> dict:
+    """Export a TensorFlow SavedModel for TF Serving; returns its documented signature."""
+    model.export(str(directory), format="tf_saved_model", verbose=False)
+    size, classes = model.input_shape[1], model.output_shape[-1]
+    return {
+        "format": "tf_saved_model",
+        "signature": "serving_default",
+        "inputs": {"image": f"float32 [batch, {size}, {size}, 3]: RGB pixel values 0-255, already "
+                            f"resized to {size}x{size} (the model normalises them itself)"},
+        "outputs": {"output_0": f"float32 [batch, {classes}]: class probabilities, in the order of "
+                                "metadata classes"},
+    }
+
+
+def load_model(reference: str) -> keras.Model:
+    """A registered version ("name", "name:3", "name@production"), its downloaded bytes checked
+    against the recorded size and sha256 before Keras sees them, loaded with safe_mode on."""
+    from transferflow.registry import verified_download
+
+    return load_classifier(str(verified_download(reference)))
+
+
 def load_classifier(path: str) -> keras.Model:
     """Load a saved classifier with Keras safe mode on (no arbitrary code)."""
     return keras.models.load_model(path, safe_mode=True)

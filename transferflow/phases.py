@@ -266,9 +266,45 @@ def evaluate_model(dataset: DatasetRef, model_uri: str, batch_size: int, logger=
     return result
 
 
+def decide_promotion(config: RetrainConfig, dataset: DatasetRef, test: dict, logger=log):
+    """The promotion gate against the current production version (if any) of this model."""
+    from transferflow.gate import promotion_gate
+    from transferflow.registry import Registry
+
+    registry, name = Registry(), config.registry_name
+    current = registry.alias(name, "production") if name in registry.names() else None
+    meta = registry.metadata(name, current["version"]) if current else None
+    decision = promotion_gate(test["accuracy"], dataset.fingerprint, config.promote_min_accuracy,
+                              config.promote_tolerance, config.auto_promote,
+                              (current["version"], meta) if meta else None)
+    logger.info("promotion: %s", decision.reason)
+    return decision
+
+
+def export_model(final: PhaseOutcome, run_id: str, logger=log) -> dict:
+    """Stage a TensorFlow SavedModel of the final model next to it, for TF Serving."""
+    import tempfile
+    from pathlib import Path
+
+    from transferflow import model as modeling
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "savedmodel"
+        signature = modeling.export_savedmodel(modeling.load_from(final.model_uri), root)
+        location = storage.parse_s3_uri(f"{run_prefix(run_id)}/savedmodel")
+        files = {}
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            relative = path.relative_to(root).as_posix()
+            storage.upload_file(path, location.bucket, f"{location.key}/{relative}")
+            files[relative] = {"sha256": storage.sha256_file(path), "size": path.stat().st_size}
+    logger.info("exported a SavedModel (%d files) to %s", len(files), location.uri)
+    return {**signature, "staged_uri": location.uri, "files": files}
+
+
 def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef,
                    head: PhaseOutcome, gate: GateDecision, fine: FineTuneOutcome | None,
-                   test: dict, flow_run_id: str | None) -> dict:
+                   test: dict, flow_run_id: str | None, promotion=None,
+                   savedmodel: dict | None = None) -> dict:
     """Everything needed to know where a model came from and how good it is."""
     from transferflow.downloads import redact
 
@@ -299,20 +335,50 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         },
         "training": {"head": head.ran_on, "fine_tune": fine.tuned.ran_on if fine else None},
         "lineage": {"flow_run_id": flow_run_id, "staged_model_uri": final.model_uri},
+        "promotion": promotion.model_dump() if promotion is not None else None,
+        "exports": {"savedmodel": savedmodel} if savedmodel else {},
     }
 
 
 def register_model(config: RetrainConfig, metadata: dict, final: PhaseOutcome, run_id: str,
                    logger=log) -> dict:
-    """Publish the chosen model as a new version and move `latest`."""
+    """Publish the chosen model, its SavedModel and MODEL_CARD.md as a new version; move `latest`."""
+    from transferflow.card import model_card
     from transferflow.registry import Registry
 
     registry = Registry()
-    version = registry.register(config.registry_name, final.model_uri, final.sha256, final.size,
-                                metadata, run_id)
+    savedmodel = metadata.get("exports", {}).get("savedmodel")
+    staged = {}
+    if savedmodel:
+        staged = {f"savedmodel/{relative}": (f"{savedmodel['staged_uri']}/{relative}", item["sha256"],
+                                             item["size"])
+                  for relative, item in savedmodel["files"].items()}
+    version = registry.register(
+        config.registry_name, final.model_uri, final.sha256, final.size, metadata, run_id,
+        extra_files=staged,
+        extra_documents=lambda number: {"MODEL_CARD.md": model_card(config.registry_name, number, metadata)})
     logger.info("registered %s version %d at %s", version.name, version.version, version.artifact_uri)
-    return {"name": version.name, "version": version.version, "artifact_uri": version.artifact_uri,
-            "aliases": sorted(a for a, v in registry.aliases(version.name).items() if v == version.version)}
+    return _registered(registry, version.name, version.version, version.artifact_uri)
+
+
+def _registered(registry, name: str, version: int, artifact_uri: str) -> dict:
+    return {"name": name, "version": version, "artifact_uri": artifact_uri,
+            "aliases": sorted(a for a, v in registry.aliases(name).items() if v == version)}
+
+
+def apply_promotion(config: RetrainConfig, registered: dict, decision, logger=log) -> dict:
+    """Move production (or candidate) to a blessed version, conditional on production not having
+    moved since the gate looked at it: a concurrent promotion is a conflict, never a silent win."""
+    from transferflow.registry import Registry
+
+    if decision.action == "none":
+        return registered
+    registry, name, version = Registry(), registered["name"], registered["version"]
+    alias = "production" if decision.action == "promote" else "candidate"
+    expected = decision.production_version if alias == "production" else "any"
+    registry.promote(name, version, alias, reason=decision.reason, expected_current=expected)
+    logger.info("%s:%d is now %s", name, version, alias)
+    return _registered(registry, name, version, registered["artifact_uri"])
 
 
 def cleanup_run(run_id: str) -> int:

@@ -31,6 +31,8 @@ def run_report(metadata: dict, registered: dict, curve_url: str | None = None,
     lines += ["", f"**Gate:** {gate['fine_tune']['reason']}"]
     if gate.get("keep_fine_tuned"):
         lines.append(f"**Fine-tune kept?** {gate['keep_fine_tuned']['reason']}")
+    if metadata.get("promotion"):
+        lines.append(f"**Promotion:** {metadata['promotion']['reason']}")
     lines += ["", "| class | test accuracy | images |", "|---|---|---|"]
     for name, row in metrics["test"]["per_class"].items():
         lines.append(f"| {name} | {_pct(row['accuracy'])} | {row['support']} |")

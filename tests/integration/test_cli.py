@@ -41,7 +41,10 @@ def test_train_then_list_and_show(bucket, sample_dataset, random_weights, tmp_pa
     assert "test acc" in human.stdout and "gate" in human.stdout
 
 
-@pytest.mark.parametrize("command", [["models", "list"], ["datasets", "list"], ["datasets", "show", "x"]])
+@pytest.mark.parametrize("command", [["models", "list"], ["datasets", "list"], ["datasets", "show", "x"],
+                                     ["models", "history", "x"], ["models", "diff", "x:1", "x:2"],
+                                     ["models", "pull", "x@production", "unused-dir"],
+                                     ["models", "gc", "x", "--keep", "1", "--dry-run"]])
 def test_inspection_commands_import_neither_tensorflow_nor_prefect(bucket, command):
     probe = (f"import sys; from transferflow.cli import main; code = main({command!r}); "
              "heavy = [m for m in ('tensorflow', 'keras', 'prefect') if m in sys.modules]; "

@@ -44,6 +44,10 @@ def test_concurrent_registrations_get_distinct_versions(bucket):
     assert registry.alias("race", "latest")["version"] == 8
     for i, version in enumerate(versions):  # each version holds its own run's bytes
         assert registry.metadata("race", version)["i"] == i
+    moves = registry.history("race", "latest")  # forward only, and no lost entry: each starts where
+    assert moves[-1]["to_version"] == 8  # the one before it ended
+    assert [m["from_version"] for m in moves] == [None] + [m["to_version"] for m in moves[:-1]]
+    assert all(m["from_version"] is None or m["from_version"] < m["to_version"] for m in moves)
 
 
 def test_retry_of_the_same_run_reuses_its_version(bucket):

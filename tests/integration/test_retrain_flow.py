@@ -46,7 +46,7 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     result = retrain(config=config)
 
     registry = Registry()
-    assert result == {"name": "shapes-vgg16", "version": 1, "aliases": ["latest"],
+    assert result == {"name": "shapes-vgg16", "version": 1, "aliases": ["latest", "production"],
                       "artifact_uri": f"s3://{bucket}/models/shapes-vgg16/versions/000001/model.keras"}
     assert registry.alias("shapes-vgg16", "latest")["version"] == 1
     meta = registry.metadata("shapes-vgg16", 1)
@@ -71,6 +71,8 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     artifacts = artifacts_of(meta["lineage"]["flow_run_id"])
     report = artifacts["retrain-report"][0].data
     assert "shapes-vgg16 version 1" in report and "`latest`" in report and "**Gate:**" in report
+    assert "**Promotion:**" in report and "no production version yet" in report
+    assert meta["exports"]["savedmodel"]["signature"] == "serving_default"
     assert "![learning curve](http" in report and "X-Amz-Expires=604800" in report
     assert json.loads(artifacts["per-class-accuracy"][0].data)[0]["class"] == "class_0"
     assert "/models/shapes-vgg16/versions/000001/model.keras" in artifacts["model-artifact"][0].data
@@ -104,6 +106,8 @@ def test_gate_skips_fine_tuning_for_a_weak_head(prefect_server, bucket, s3_input
     assert "< gate 0.9900" in meta["gate"]["fine_tune"]["reason"]
     assert meta["metrics"]["fine_tune"] is None
     assert meta["gate"]["final_phase"] == "head"
+    assert meta["promotion"]["blessed"] is False and "< floor 0.5000" in meta["promotion"]["reason"]
+    assert "production" not in Registry().aliases("weak-head")
 
 
 def test_missing_dataset_fails_before_training_and_registers_nothing(prefect_server, bucket, tmp_path):

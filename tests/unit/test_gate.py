@@ -26,3 +26,40 @@ def test_fine_tuned_model_kept_only_without_regression():
     dropped = keep_fine_tuned(0.7, 0.69)
     assert not dropped.passed
     assert "keeping the head-only model" in dropped.reason
+
+
+def production(version=3, accuracy=0.80, fingerprint="f" * 64):
+    return version, {"metrics": {"test": {"accuracy": accuracy}}, "dataset": {"fingerprint": fingerprint}}
+
+
+def test_the_first_version_is_blessed_on_the_floor_alone():
+    from transferflow.gate import promotion_gate
+
+    decision = promotion_gate(0.7, "f" * 64, 0.5, 0.0, True, None)
+    assert decision.blessed and decision.action == "promote"
+    assert "no production version yet" in decision.reason
+    assert not promotion_gate(0.4, "f" * 64, 0.5, 0.0, True, None).blessed
+
+
+def test_a_worse_model_does_not_replace_production():
+    from transferflow.gate import promotion_gate
+
+    worse = promotion_gate(0.78, "f" * 64, 0.5, 0.01, True, production())
+    assert not worse.blessed and worse.action == "none"
+    assert "worse than production v3's 0.8000" in worse.reason
+    within = promotion_gate(0.795, "f" * 64, 0.5, 0.01, True, production())
+    assert within.blessed and within.production_version == 3 and within.same_dataset
+
+
+def test_blessed_without_auto_promote_becomes_a_candidate():
+    from transferflow.gate import promotion_gate
+
+    decision = promotion_gate(0.9, "f" * 64, 0.5, 0.0, False, production())
+    assert decision.blessed and decision.action == "candidate" and "marked candidate" in decision.reason
+
+
+def test_a_different_dataset_is_said_in_the_decision():
+    from transferflow.gate import promotion_gate
+
+    decision = promotion_gate(0.9, "a" * 64, 0.5, 0.0, True, production(fingerprint="b" * 64))
+    assert decision.same_dataset is False and "not directly comparable" in decision.reason
