@@ -76,8 +76,8 @@ def promotion_gate(test_accuracy: float, fingerprint: str, min_accuracy: float, 
         facts.update(production_version=version, production_accuracy=recorded, same_dataset=same)
         holds = test_accuracy >= recorded - tolerance
         blessed = blessed and holds
-        reasons.append(f"{'within' if holds else 'worse than'} production v{version}'s {recorded:.4f} "
-                       f"by tolerance {tolerance:.4f}")
+        reasons.append(f"{'no worse than' if holds else 'worse than'} production v{version}'s {recorded:.4f} "
+                       f"{'within' if holds else 'by more than'} tolerance {tolerance:.4f}")
         if not same:
             theirs = meta["dataset"]["fingerprint"][:12]
             reasons.append(f"note: production was evaluated on dataset {theirs}, this version on "
