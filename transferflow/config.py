@@ -152,6 +152,16 @@ class RetrainConfig(BaseModel):
         "backbone, weights and image size, so a re-run with another head reuses them. false (or "
         "augment) runs the backbone every epoch.",
     )
+    checkpoint_every_steps: int = Field(
+        0, ge=0, le=10**7,
+        description="Training checkpoints go to object storage after every epoch, or every this many "
+        "steps when > 0 (for long epochs); a retried phase resumes from the last one.",
+    )
+    checkpoint_keep: int = Field(
+        2, ge=1, le=100,
+        description="Checkpoints kept per phase while training (older ones are deleted); all are "
+        "removed once the model is registered.",
+    )
     train_on: TrainOn = Field(
         TrainOn.AUTO,
         description="Where training runs: auto (the train/gpu deployment when it exists, else "

@@ -53,6 +53,11 @@ def run_prefix(run_id: str, bucket: str | None = None) -> str:
     return f"s3://{bucket or storage.bucket_name()}/runs/{run_id}"
 
 
+def checkpoint_prefix(run_id: str, phase: str) -> str:
+    """Where a phase's checkpoints go: under the run's prefix, removed after registration."""
+    return f"{run_prefix(run_id)}/checkpoints/{phase}"
+
+
 def check_storage() -> str:
     """Fail fast, before any download or training, if object storage is unusable."""
     bucket = storage.ensure_bucket()
@@ -113,7 +118,7 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
         classifier = modeling.build_classifier(base, spec, len(dataset.class_names), config.dropout,
                                                augment=config.augment)
         options = _fit_options(config, plan, data, logger, on_epoch, config.head_epochs,
-                               config.head_learning_rate)
+                               config.head_learning_rate, checkpoint_prefix(run_id, "head"))
         if config.cache_features and not config.augment:
             features, extra["features"] = head_features(config, dataset, backbone, classifier, data, plan,
                                                         logger)
@@ -144,7 +149,7 @@ def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, ru
                     len(unfrozen), spec.name, config.fine_tune_blocks, config.fine_tune_learning_rate,
                     config.fine_tune_schedule)
         options = _fit_options(config, plan, data, logger, on_epoch, config.fine_tune_epochs,
-                               config.fine_tune_learning_rate)
+                               config.fine_tune_learning_rate, checkpoint_prefix(run_id, "fine_tune"))
         metrics = fit_phase(classifier, "fine_tune", data.splits["train"], data.splits["val"],
                             schedule=config.fine_tune_schedule, **options)
     tuned = _stage(classifier, "fine_tune", config, run_id, metrics.as_dict(), plan)
@@ -162,7 +167,7 @@ def plan_for(config: RetrainConfig, logger=log) -> ComputePlan:
 
 
 def _fit_options(config: RetrainConfig, plan: ComputePlan, data, logger, on_epoch, epochs: int,
-                 learning_rate: float) -> dict:
+                 learning_rate: float, checkpoint_uri: str | None = None) -> dict:
     from transferflow.training import balanced_class_weights, split_labels
 
     class_weight = None
@@ -172,7 +177,8 @@ def _fit_options(config: RetrainConfig, plan: ComputePlan, data, logger, on_epoc
                     {data.class_names[c]: round(w, 3) for c, w in class_weight.items()})
     return dict(epochs=epochs, learning_rate=learning_rate, batch_size=plan.global_batch(config.batch_size),
                 patience=config.patience, seed=config.seed, logger=logger, on_epoch=on_epoch,
-                class_weight=class_weight, jit_compile=plan.jit_compile)
+                class_weight=class_weight, jit_compile=plan.jit_compile, checkpoint_uri=checkpoint_uri,
+                checkpoint_every_steps=config.checkpoint_every_steps, checkpoint_keep=config.checkpoint_keep)
 
 
 def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef, classifier, data,

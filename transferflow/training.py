@@ -31,9 +31,10 @@ class PhaseMetrics:
     train_accuracy: float
     seconds: float
     history: dict[str, list[float]] = field(default_factory=dict)
+    resumed_from_epoch: int | None = None  # set when a checkpoint of an earlier attempt was used
 
     def as_dict(self) -> dict:
-        return {
+        return {"resumed_from_epoch": self.resumed_from_epoch,
             "phase": self.phase, "epochs_run": self.epochs_run,
             "val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
             "train_accuracy": self.train_accuracy, "seconds": round(self.seconds, 2),
@@ -138,37 +139,49 @@ def balanced_class_weights(y: np.ndarray, num_classes: int) -> dict[int, float]:
 def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learning_rate: float,
               batch_size: int, patience: int, seed: int, logger=log,
               on_epoch: Callable[[int, int], None] | None = None, schedule: str = "constant",
-              class_weight: dict[int, float] | None = None, jit_compile: bool = False) -> PhaseMetrics:
+              class_weight: dict[int, float] | None = None, jit_compile: bool = False,
+              checkpoint_uri: str | None = None, checkpoint_every_steps: int = 0,
+              checkpoint_keep: int = 2) -> PhaseMetrics:
     """Compile, fit with early stopping (best weights restored), then measure on val.
 
-    `batch_size` is the global batch (all replicas together).
+    `batch_size` is the global batch (all replicas together). With `checkpoint_uri`, the
+    phase checkpoints there every epoch (or every `checkpoint_every_steps` steps) and a new
+    attempt resumes from the last checkpoint.
     """
     keras.utils.set_random_seed(seed)
     steps = math.ceil(len(split_labels(train)) / batch_size)
     # recompile: `trainable` may have changed
     compile_for(model, learning_rate_for(schedule, learning_rate, steps, epochs), jit_compile)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
+    callbacks = [keras.callbacks.TerminateOnNaN(), stopper,
+                 ProgressLog(logger, phase, epochs, steps, on_epoch=on_epoch)]
+    checkpoint = None
+    if checkpoint_uri:
+        from transferflow.checkpoints import S3Checkpoint
+
+        checkpoint = S3Checkpoint(checkpoint_uri, phase, seed, checkpoint_every_steps or "epoch",
+                                  checkpoint_keep, early_stopping=stopper, logger=logger)
+        callbacks.append(checkpoint)  # after EarlyStopping: it restores that callback's state
     started = time.monotonic()
     history = model.fit(
         split_dataset(train, batch_size, True, seed),
         validation_data=split_dataset(val, batch_size, False, seed),
         epochs=epochs, verbose=0, class_weight=class_weight, shuffle=False,  # the dataset shuffles
-        callbacks=[
-            keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                          restore_best_weights=True),
-            ProgressLog(logger, phase, epochs, steps, on_epoch=on_epoch),
-        ],
-    )
-    losses = history.history.get("loss", [])
+        callbacks=callbacks,
+    ).history
+    if checkpoint is not None:
+        history = checkpoint.history  # the epochs before a resume too
+    losses = history.get("loss", [])
     if any(not math.isfinite(v) for v in losses):
         raise TrainingError(f"{phase}: the loss became {losses[-1]} (diverged). Lower the "
                             "learning rate or check the images; nothing was registered.")
     val_loss, val_accuracy = model.evaluate(split_dataset(val, batch_size, False, seed), verbose=0)
     return PhaseMetrics(
         phase=phase, epochs_run=len(losses), val_accuracy=float(val_accuracy),
-        val_loss=float(val_loss), train_accuracy=float(history.history["accuracy"][-1]),
+        val_loss=float(val_loss), train_accuracy=float(history["accuracy"][-1]),
         seconds=time.monotonic() - started,
-        history={k: [round(float(v), 5) for v in vals] for k, vals in history.history.items()},
+        history={k: [round(float(v), 5) for v in vals] for k, vals in history.items()},
+        resumed_from_epoch=checkpoint.resumed_from if checkpoint is not None else None,
     )
 
 
