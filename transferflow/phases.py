@@ -61,6 +61,9 @@ def checkpoint_prefix(run_id: str, phase: str) -> str:
 def check_storage() -> str:
     """Fail fast, before any download or training, if object storage is unusable."""
     bucket = storage.ensure_bucket()
+    aborted = storage.abort_stale_uploads(bucket)
+    if aborted:
+        log.info("aborted %d multipart uploads left unfinished by earlier runs", aborted)
     return f"s3://{bucket} at {storage.endpoint_label()}"
 
 

@@ -92,10 +92,13 @@ def weed_command(data_dir: Path, s3_port: int, isolated: bool) -> list[str]:
 
 def start(data_dir: Path, port: int | None = None, *, access_key: str | None = None,
           secret_key: str | None = None, log_path: Path | None = None,
-          pid_file: Path | None = None) -> LocalS3:
-    """Start `weed mini` and wait until its S3 API answers with these credentials."""
+          pid_file: Path | None = None, isolated: bool | None = None) -> LocalS3:
+    """Start `weed mini` and wait until its S3 API answers with these credentials.
+
+    `isolated` (default: when no port is given) puts every other listener on a free port.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
-    isolated = port is None
+    isolated = port is None if isolated is None else isolated
     port = port or free_ports(1)[0]
     if not port_is_free(port):
         raise RuntimeError(f"port {port} is taken: stop what uses it or choose another --port")

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,6 +289,23 @@ def delete_prefix(bucket: str, prefix: str) -> int:
             batch = [{"Key": key} for key in keys[start:start + 1000]]
             client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
     return len(keys)
+
+
+def abort_stale_uploads(bucket: str, older_than_s: float = 3600.0) -> int:
+    """Abort multipart uploads started more than `older_than_s` ago and never completed.
+
+    boto3 aborts a failed multipart upload itself, but not when the store was down at that
+    moment (or the process was killed): their parts would stay, unseen and billed.
+    """
+    cutoff = time.time() - older_than_s
+    aborted = 0
+    with translated("list uploads in", bucket):
+        found = client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        for upload in found:
+            if upload["Initiated"].timestamp() <= cutoff:
+                client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
+    return aborted
 
 
 def sha256_file(path: Path) -> str:
