@@ -77,9 +77,32 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     assert json.loads(artifacts["per-class-accuracy"][0].data)[0]["class"] == "class_0"
     assert "/models/shapes-vgg16/versions/000001/model.keras" in artifacts["model-artifact"][0].data
     assert sorted(a.data for a in artifacts["progress"]) == [100.0, 100.0]  # head and fine-tune
+    assert_no_secret_in(meta["lineage"]["flow_run_id"], meta, artifacts)
     curve_url = report.split("![learning curve](")[1].split(")")[0]
     with urllib.request.urlopen(curve_url) as response:  # the presigned link works as the UI uses it
         assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def assert_no_secret_in(flow_run_id: str, metadata: dict, artifacts: dict) -> None:
+    """The S3 secret key is in this process's environment; it must be nowhere a user can read."""
+    import os
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"]
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    readable = {
+        "parameters": json.dumps(run.parameters, default=str),
+        "metadata": json.dumps(metadata),
+        "artifacts": json.dumps([a.data for group in artifacts.values() for a in group], default=str),
+        "logs": "\n".join(entry.message for entry in logs),
+    }
+    assert len(logs) > 20  # the run's logs really were read
+    leaked = [where for where, text in readable.items() if secret in text]
+    assert leaked == [], f"the secret key appears in {leaked}"
 
 
 def artifacts_of(flow_run_id: str) -> dict[str, list]:
