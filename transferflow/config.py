@@ -186,6 +186,12 @@ class RetrainConfig(BaseModel):
         value = value.strip()
         if value.lower() in WEIGHT_CHOICES:
             return value.lower()
+        if "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("weights URI contains credentials (user:password@): put the file in S3 or on "
+                             "disk and the credentials in the environment")
+        if value.startswith(("http://", "https://")):
+            raise ValueError("weights over http(s) are not supported: download the .weights.h5 once, "
+                             "upload it, and pass its s3:// URI or a local path")
         if not value.endswith(".h5"):
             raise ValueError(
                 f"weights {value!r} is neither 'imagenet', 'none' nor a .weights.h5 file URI"

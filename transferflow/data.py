@@ -260,7 +260,7 @@ def _scan(root: Path) -> FolderScan:
 
 def _single_top_folder(root: Path) -> Path:
     """Archives often wrap everything in one folder (flowers/daisy/...): look inside it."""
-    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name not in IGNORED_DIRS]
     if len(entries) == 1 and entries[0].is_dir():
         inner = entries[0]
         if any((inner / s).is_dir() for s in SPLITS):
@@ -271,8 +271,12 @@ def _single_top_folder(root: Path) -> Path:
     return root
 
 
+IGNORED_DIRS = frozenset({"__MACOSX"})  # resource forks that macOS Finder puts in zips
+
+
 def _class_dirs(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p.name for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_DIRS)
 
 
 def _image_files(folder: Path, class_names: list[str]) -> tuple[list[tuple[Path, int]], int]:
@@ -574,6 +578,7 @@ def _prepare(dataset: str, fingerprint: str, plan, options: PrepareOptions, buck
                 (total - len(bad.names)) / elapsed)
     try:
         bad.check(total, options.max_bad_fraction, ref.source, logger)
+        _check_every_class_trains(ref)
     except DatasetError:
         location = storage.parse_s3_uri(ref.uri)
         storage.delete_prefix(location.bucket, location.key)  # shards never had a manifest: unseen
@@ -581,6 +586,19 @@ def _prepare(dataset: str, fingerprint: str, plan, options: PrepareOptions, buck
     storage.put_json(bucket, f"{prefix}/{variant}.json", ref.model_dump())  # last: data is complete
     logger.info("prepared %s: %s", ref.source, _summary(ref))
     return ref
+
+
+def _check_every_class_trains(ref: DatasetRef) -> None:
+    """After corrupt images were skipped, every class must still have training images."""
+    empty = [name for name in ref.class_names if not ref.counts.get("train", {}).get(name)]
+    if empty:
+        raise DatasetError(f"dataset {ref.source}: class folders {empty} have no readable training images "
+                           "(all were corrupt); replace the images or remove the folders")
+    missing = {split: [n for n in ref.class_names if not counts.get(n)]
+               for split, counts in ref.counts.items() if split != "train"}
+    for split, names in missing.items():
+        if names:
+            log.warning("%s: the %s split has no readable images of %s", ref.source, split, names)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import hashlib
 import http.client
 import logging
 import os
+import re
 import shutil
 import tarfile
 import time
@@ -39,6 +40,10 @@ class Checksum:
         algorithm, sep, digest = fragment.partition("=")
         if not sep or algorithm not in ("sha256", "md5") or not digest:
             raise DatasetError(f"URL fragment #{fragment} is not of the form #sha256=<hex digest>")
+        length = {"sha256": 64, "md5": 32}[algorithm]
+        if not re.fullmatch(f"[0-9a-fA-F]{{{length}}}", digest):
+            raise DatasetError(f"URL fragment #{fragment}: a {algorithm} digest is {length} hex digits; "
+                               "copy it again from where the dataset is published")
         return base, cls(algorithm, digest.lower())
 
 

@@ -9,11 +9,13 @@ from transferflow.errors import DatasetError
 
 
 def test_checksum_fragment_is_split_from_url():
-    url, checksum = Checksum.from_fragment("https://h/x.tgz#sha256=ABC123")
-    assert url == "https://h/x.tgz" and checksum == Checksum("sha256", "abc123")
+    url, checksum = Checksum.from_fragment("https://h/x.tgz#sha256=" + "AB" * 32)
+    assert url == "https://h/x.tgz" and checksum == Checksum("sha256", "ab" * 32)
     assert Checksum.from_fragment("https://h/x.tgz") == ("https://h/x.tgz", None)
     with pytest.raises(DatasetError, match="#sha256=<hex digest>"):
         Checksum.from_fragment("https://h/x.tgz#crc=1")
+    with pytest.raises(DatasetError, match="a sha256 digest is 64 hex digits"):
+        Checksum.from_fragment("https://h/x.tgz#sha256=abc123")
 
 
 def make_tar(path, members):
