@@ -6,6 +6,7 @@ event (see deployments/prefect.yaml): an example automation.
 
 from prefect import flow
 
+from tasks.credentials import use_credentials_block
 from tasks.evaluation import reproduce_evaluation
 
 
@@ -13,4 +14,5 @@ from tasks.evaluation import reproduce_evaluation
       description="Verify a registered model's bytes and reproduce its recorded test accuracy.")
 def evaluate_registered(model: str, tolerance: float = 0.01) -> dict:
     """`tolerance` allows for float differences between the training and this worker's hardware."""
+    use_credentials_block()
     return reproduce_evaluation(model, tolerance)

@@ -7,6 +7,7 @@ from prefect.runtime import flow_run
 
 from flows.naming import retrain_run_name
 from tasks.backbone import build_backbone
+from tasks.credentials import use_credentials_block
 from tasks.dataset import check_storage, download_dataset
 from tasks.evaluation import evaluate_model
 from tasks.registry import decide_promotion, export_model, promote_model, register_model
@@ -20,6 +21,7 @@ from transferflow.phases import build_metadata
 @flow(name="retrain", flow_run_name=retrain_run_name,
       description="Transfer-learn an image classifier on a dataset and register it in S3.")
 def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a frozen default)
+    use_credentials_block()
     run_id = flow_run.id or uuid.uuid4().hex
     check_storage()
     dataset = download_dataset(config)

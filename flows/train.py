@@ -8,6 +8,7 @@ from typing import Literal
 from prefect import flow
 
 from flows.naming import train_run_name
+from tasks.credentials import use_credentials_block
 from tasks.training import run_phase, store_outcome
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
@@ -24,6 +25,7 @@ def train(config: RetrainConfig, dataset: DatasetRef, run_id: str,
         raise ConfigError("phase head needs the backbone parameter")
     if phase == "fine_tune" and head is None:
         raise ConfigError("phase fine_tune needs the head parameter (the head phase's outcome)")
+    use_credentials_block()
     inputs = {"backbone": backbone} if phase == "head" else {"head": head}
     outcome = run_phase(phase, "local", config, dataset, run_id, **inputs)
     return store_outcome(run_id, phase, outcome)

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import upload_folder
 from transferflow import storage
 from transferflow.config import RetrainConfig
-from transferflow.errors import DatasetError, WeightsError
+from transferflow.errors import DatasetError, StorageError, WeightsError
 from transferflow.registry import Registry
 
 pytestmark = pytest.mark.slow
@@ -177,3 +177,31 @@ def test_an_unchanged_dataset_is_not_prepared_twice(prefect_server, bucket, samp
     again, _ = prepare_twice(config)
     assert again.name == "Completed"
     assert sum(again.result().counts["train"].values()) < sum(first.result().counts["train"].values())
+
+
+def test_credentials_can_come_from_a_prefect_secret_block(prefect_server, bucket, monkeypatch):
+    """A worker with no AWS keys in its environment reads them from a Secret block."""
+    import os
+
+    from prefect import flow
+    from prefect.blocks.system import Secret
+
+    from tasks.credentials import use_credentials_block
+    from tasks.dataset import check_storage
+
+    keys = {"aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]}
+    Secret(value=keys).save("test-s3-credentials", overwrite=True)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("TRANSFERFLOW_S3_CREDENTIALS_BLOCK", "test-s3-credentials")
+
+    @flow
+    def reach_storage() -> str:
+        use_credentials_block()
+        return check_storage()
+
+    assert reach_storage() == f"s3://{bucket} at {os.environ['AWS_ENDPOINT_URL']}"
+    monkeypatch.setenv("TRANSFERFLOW_S3_CREDENTIALS_BLOCK", "no-such-block")
+    with pytest.raises(StorageError, match="no-such-block: no Secret block of that name"):
+        reach_storage()
