@@ -31,7 +31,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 # True when the environment already names an object store (cloud or other).
 S3_CONFIGURED := $(strip $(AWS_ENDPOINT_URL)$(AWS_ENDPOINT_URL_S3)$(AWS_ACCESS_KEY_ID)$(AWS_PROFILE))
 
-.PHONY: help venv run demo demo-data models datasets prefetch storage-up storage-down test test-unit lint clean \
+.PHONY: help venv run demo demo-data models datasets prefetch storage-up storage-down test test-faults test-unit lint clean \
 	server pools worker-cpu worker-gpu deploy trigger ui stack-up stack-down stack-status logs
 
 help: ## list the targets
@@ -123,6 +123,9 @@ logs: venv ## the last lines of the server's and workers' logs
 
 test: venv ## run the whole test suite (starts its own S3 and Prefect servers)
 	$(BIN)/pytest --durations=8 $(PYTEST_ARGS)
+
+test-faults: venv ## the fault-injection suite: killed store and trainer, hostile inputs
+	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
 
 test-unit: venv ## fast tests only: no servers, no training
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from transferflow import __version__, storage
 from transferflow.config import RetrainConfig
-from transferflow.errors import TransferflowError
+from transferflow.errors import ConfigError, TransferflowError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +186,7 @@ def parse_config(values: dict[str, Any]) -> RetrainConfig:
             (f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: " if err["loc"] else "")
             + err["msg"].removeprefix("Value error, ")
             for err in exc.errors())
-        raise TransferflowError(f"invalid parameters: {problems}") from None
+        raise ConfigError(f"invalid parameters: {problems}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

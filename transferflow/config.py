@@ -38,7 +38,10 @@ class Schedule(StrEnum):
 class RetrainConfig(BaseModel):
     """Everything that decides what a retrain run produces."""
 
-    model_config = ConfigDict(extra="forbid", use_enum_values=True, validate_default=True)
+    # allow_inf_nan: "nan" is not a learning rate; hide_input_in_errors: a rejected URL's
+    # password must not reach an exception's text.
+    model_config = ConfigDict(extra="forbid", use_enum_values=True, validate_default=True,
+                              allow_inf_nan=False, hide_input_in_errors=True)
 
     dataset: str = Field(
         "cifar10",

@@ -71,6 +71,10 @@ PHASE = textwrap.dedent("""
     backbone = phases.build_backbone(config, logger=log)
     outcome = phases.train_head(config, dataset, backbone, "preempted-run", logger=log)
     print("EPOCHS", outcome.metrics["epochs_run"], "RESUMED", outcome.metrics["resumed_from_epoch"])
+    from transferflow.registry import Registry
+    version = Registry().register("preempted", outcome.model_uri, outcome.sha256, outcome.size,
+                                  {"metrics": outcome.metrics}, "preempted-run")
+    print("VERSION", version.version)
 """)
 
 
@@ -96,3 +100,6 @@ def test_sigkill_mid_epoch_then_rerun_resumes(bucket, sample_dataset, random_wei
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert f"resuming from the checkpoint after epoch {killed_at}" in rerun.stdout
     assert f"EPOCHS 6 RESUMED {killed_at}" in rerun.stdout
+    from transferflow.registry import Registry
+
+    assert "VERSION 1" in rerun.stdout and Registry().versions("preempted") == [1]  # registered once
