@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
+import warnings
 from pathlib import Path
 
 import pytest
@@ -42,14 +43,22 @@ def s3_server(tmp_path_factory):
 
 
 @pytest.fixture
-def bucket(s3_server, monkeypatch) -> str:
+def bucket(s3_server, monkeypatch):
     """A fresh bucket per test, set as TRANSFERFLOW_BUCKET."""
     from transferflow import storage
 
     name = f"test-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("TRANSFERFLOW_BUCKET", name)
     storage.ensure_bucket(name)
-    return name
+    yield name
+    # SeaweedFS gives every bucket its own volumes, and the session's server has a fixed number
+    # of them: a bucket left behind by each test would exhaust it ("no free volumes left").
+    try:
+        storage.abort_stale_uploads(name, older_than_s=0)
+        storage.delete_prefix(name, "")
+        storage.client().delete_bucket(Bucket=name)
+    except Exception as exc:  # the test's own outcome stands; say why the cleanup did not happen
+        warnings.warn(f"could not remove test bucket {name}: {exc}", stacklevel=1)
 
 
 @pytest.fixture(scope="session")
