@@ -37,7 +37,6 @@ class S3Checkpoint(keras.callbacks.BackupAndRestore):
         self.location = storage.parse_s3_uri(uri.rstrip("/"))
         self.phase, self.seed, self.keep, self.logger = phase, seed, max(1, keep), logger
         self.early_stopping = early_stopping  # its state is saved and restored with the weights
-        self.restored_history: dict[str, list[float]] = {}
         self.history: dict[str, list[float]] = {}  # every finished epoch, restored ones included
         self.resumed_from: int | None = None
         self._saves = 0
@@ -50,7 +49,6 @@ class S3Checkpoint(keras.callbacks.BackupAndRestore):
         if state is None:
             return
         self.resumed_from = state["epoch"]
-        self.restored_history = state["history"]
         self.history = {k: list(v) for k, v in state["history"].items()}
         self._restore_early_stopping(state)
         keras.utils.set_random_seed(self.seed + state["epoch"])

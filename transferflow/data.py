@@ -509,7 +509,10 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
     if entry is not None and (ref := _stored(bucket, dataset, entry["fingerprint"], options, logger)):
         return ref  # the origin was not contacted, nothing was downloaded
     if remote is not None:
-        paths = mirror.fetch(bucket, entry, logger) if entry else mirror.download(remote, logger)
+        if entry is not None:
+            paths, origins = mirror.fetch(bucket, entry, logger), []
+        else:
+            paths, origins = mirror.download(remote, logger)
         fingerprint, build = _remote_builder(dataset, remote, paths, options, logger)
     else:
         scan = scan_folder(local_folder(dataset, logger), label=shown)
@@ -519,7 +522,7 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
     ref = _stored(bucket, dataset, fingerprint, options, logger) or _prepare(
         dataset, fingerprint, build, options, bucket, logger)
     if remote is not None and entry is None:
-        mirror.publish(bucket, remote, dataset_slug(dataset), fingerprint, paths, logger)
+        mirror.publish(bucket, remote, dataset_slug(dataset), fingerprint, paths, origins, logger)
     return ref
 
 

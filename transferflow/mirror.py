@@ -111,22 +111,28 @@ def fetch(bucket: str, entry: dict, logger=log) -> list[Path]:
     return paths
 
 
-def download(source: RemoteSource, logger=log) -> list[Path]:
-    """Download every file of `source` from its origin (resuming, retrying, verifying)."""
+def download(source: RemoteSource, logger=log) -> tuple[list[Path], list[dict | None]]:
+    """Download every file of `source` from its origin (resuming, retrying, verifying).
+
+    Also returns what the origin said about each file (ETag, size) just before the download,
+    for unpinned sources: recorded with the mirror, it can only be older than the bytes, so a
+    change during the download makes the next run fetch again rather than trust stale bytes.
+    """
     folder = storage.cache_dir() / "downloads" / source.source_id[:16]
-    return [downloads.download(f.url, folder / f.filename, f.checksum, logger=logger) for f in source.files]
+    origins = [None if source.pinned else downloads.probe(f.url) for f in source.files]
+    paths = [downloads.download(f.url, folder / f.filename, f.checksum, logger=logger) for f in source.files]
+    return paths, origins
 
 
 def publish(bucket: str, source: RemoteSource, name: str, fingerprint: str, paths: list[Path],
-            logger=log) -> str:
+            origins: list[dict | None], logger=log) -> str:
     """Copy the downloaded files to the mirror, then write the index entry (last, so an entry
     always points at complete files). Returns the mirror's prefix."""
     prefix = f"datasets/{name}/{fingerprint[:16]}/source"
     files = []
-    for remote, path in zip(source.files, paths, strict=True):
+    for remote, path, origin in zip(source.files, paths, origins, strict=True):
         key = f"{prefix}/{remote.filename}"
         storage.upload_file(path, bucket, key)
-        origin = None if source.pinned else downloads.probe(remote.url)
         files.append({"uri": f"s3://{bucket}/{key}", "url": downloads.redact(remote.url),
                       "sha256": storage.sha256_file(path), "size": path.stat().st_size, "origin": origin})
     entry = {"source": source.shown, "fingerprint": fingerprint, "name": name, "files": files,

@@ -281,7 +281,7 @@ def decide_promotion(config: RetrainConfig, dataset: DatasetRef, test: dict, log
     from transferflow.registry import Registry
 
     registry, name = Registry(), config.registry_name
-    current = registry.alias(name, "production") if name in registry.names() else None
+    current = registry.alias(name, "production")  # None for a new model: one read, no listing
     meta = registry.metadata(name, current["version"]) if current else None
     decision = promotion_gate(test["accuracy"], dataset.fingerprint, config.promote_min_accuracy,
                               config.promote_tolerance, config.auto_promote,
