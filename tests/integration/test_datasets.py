@@ -1,5 +1,6 @@
 """The dataset stage against real servers: SeaweedFS for s3://, a local HTTP server for URLs."""
 
+import contextlib
 import hashlib
 import http.server
 import tarfile
@@ -123,35 +124,47 @@ def test_http_archive_with_bad_checksum_is_refused(bucket, http_root, isolated_e
     assert all(name == "shapes.tar.gz" for name in leftovers) or not leftovers
 
 
-def test_download_resumes_after_a_dropped_connection(tmp_path, sample_dataset):
-    """A server that cuts the first response short: the retry asks for the rest (Range)."""
-    from transferflow.downloads import Checksum, download
+@contextlib.contextmanager
+def scripted_server(payload: bytes, script: list):
+    """An HTTP server whose n-th GET does script[n]: 500 (an error), a fraction (send that share
+    of the body, then drop the connection), or 1 (the whole rest). Honours Range; yields
+    (url, the byte offset each request asked for)."""
+    seen = []
 
-    payload = bytes(range(256)) * 4000
-    requests = []
-
-    class Flaky(http.server.BaseHTTPRequestHandler):
+    class Scripted(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args):
             pass
 
         def do_GET(self):
             start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
-            requests.append(start)
+            seen.append(start)
+            action = script[min(len(seen), len(script)) - 1]
+            if action == 500:
+                self.send_error(500, "overloaded")
+                return
             self.send_response(206 if start else 200)
             self.send_header("Content-Length", str(len(payload) - start))
             self.send_header("ETag", '"v1"')
             self.end_headers()
             body = payload[start:]
-            self.wfile.write(body[: len(body) // 2] if len(requests) == 1 else body)
+            self.wfile.write(body[: int(len(body) * action)])
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_port}/blob.tar"
-        digest = Checksum("sha256", hashlib.sha256(payload).hexdigest())
-        path = download(url, tmp_path / "blob.tar", digest)
+        yield f"http://127.0.0.1:{server.server_port}/blob.tar", seen
     finally:
         server.shutdown()
+
+
+def test_download_resumes_after_a_dropped_connection(tmp_path):
+    """A server that cuts the first response short: the retry asks for the rest (Range)."""
+    from transferflow.downloads import Checksum, download
+
+    payload = bytes(range(256)) * 4000
+    with scripted_server(payload, [0.5, 1]) as (url, requests):
+        digest = Checksum("sha256", hashlib.sha256(payload).hexdigest())
+        path = download(url, tmp_path / "blob.tar", digest)
     assert path.read_bytes() == payload
     assert requests[0] == 0 and requests[1] == len(payload) // 2
 
@@ -161,33 +174,9 @@ def test_download_retries_server_errors_then_resumes(tmp_path, caplog):
     from transferflow.downloads import Checksum, download
 
     payload = bytes(range(256)) * 3000
-    seen = []
-
-    class Unreliable(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
-            seen.append(start)
-            if len(seen) == 1:
-                self.send_error(500, "overloaded")
-                return
-            self.send_response(206 if start else 200)
-            self.send_header("Content-Length", str(len(payload) - start))
-            self.send_header("ETag", '"v1"')
-            self.end_headers()
-            body = payload[start:]
-            self.wfile.write(body[: len(body) // 3] if len(seen) == 2 else body)
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unreliable)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     caplog.set_level("INFO")
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/data.tar"
+    with scripted_server(payload, [500, 1 / 3, 1]) as (url, seen):
         path = download(url, tmp_path / "data.tar", Checksum("sha256", hashlib.sha256(payload).hexdigest()))
-    finally:
-        server.shutdown()
     assert path.read_bytes() == payload
     assert seen == [0, 0, len(payload) // 3]
     assert "HTTP Error 500" in caplog.text and "connection closed at" in caplog.text
