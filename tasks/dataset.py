@@ -26,8 +26,9 @@ def dataset_cache_key(context, parameters) -> str | None:
     return phases.dataset_cache_key(parameters["config"])
 
 
-# Downloads already retry with backoff and resume inside; one task retry covers
-# a checksum mismatch (the bad file is discarded) and longer storage outages.
+# Downloads already retry transient faults with backoff and resume inside (and fetch a file
+# with a wrong checksum once more); one task retry covers longer network and storage outages.
+# Permanent faults (unknown host, 404/403, the same wrong checksum twice) are not retried.
 # An unchanged dataset is not prepared twice within a day: the task result is cached
 # (PREFECT_TASKS_REFRESH_CACHE=true ignores it); after that the stored copy is still reused.
 @task(name="download_dataset", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient,

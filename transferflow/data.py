@@ -87,6 +87,7 @@ class FolderScan:
     files: dict[str, list[tuple[Path, int]]]  # split -> [(path, label)]
     ignored: int
     data_root: Path | None = None  # root, or the single folder an archive wrapped everything in
+    unreadable: list[Path] = field(default_factory=list)  # symlinks whose target is missing
 
 
 # ---------------------------------------------------------------- locating sources
@@ -227,47 +228,51 @@ def scan_folder(root: Path, label: str | None = None) -> FolderScan:
     `label` names the dataset in error messages (the URI the user gave), if not `root`.
     """
     try:
-        return _scan(root)
+        scan = _scan(root)
     except DatasetError as exc:
         if label is None:
             raise
         raise DatasetError(str(exc).replace(str(root), label)) from None
+    if scan.unreadable:
+        names = [path.relative_to(root).as_posix() for path in scan.unreadable]
+        log.warning("dataset %s: skipped %d unreadable files (symlinks whose target is missing): %s%s",
+                    label or root, len(names), ", ".join(names[:5]),
+                    f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return scan
 
 
 def _scan(root: Path) -> FolderScan:
-    split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()}
+    data_root = _single_top_folder(root)
+    split_dirs = {s: data_root / s for s in SPLITS if (data_root / s).is_dir()}
     if split_dirs and "train" not in split_dirs:
-        raise DatasetError(f"dataset {root} has {', '.join(split_dirs)}/ but no train/ folder")
-    data_root = root
-    if not split_dirs:
-        data_root = _single_top_folder(root)
-        split_dirs = {"train": data_root}
+        raise DatasetError(f"dataset {data_root} has {', '.join(split_dirs)}/ but no train/ folder")
+    split_dirs = split_dirs or {"train": data_root}
     class_names = _class_dirs(split_dirs["train"])
     if not class_names:
         raise DatasetError(f"dataset {root} is empty: it needs one subfolder per class with images in it")
     files: dict[str, list[tuple[Path, int]]] = {}
-    ignored = 0
+    ignored, unreadable = 0, []
     for split, folder in split_dirs.items():
         extra = sorted(set(_class_dirs(folder)) - set(class_names))
         if extra:
             raise DatasetError(f"dataset {root}: {split}/ has classes {extra} that train/ lacks; "
                                "every class must have training images")
-        files[split], skipped = _image_files(folder, class_names)
+        files[split], skipped, broken = _image_files(folder, class_names)
         ignored += skipped
+        unreadable += broken
     _check_classes(root, class_names, files["train"])
-    return FolderScan(root, class_names, files, ignored, data_root)
+    return FolderScan(root, class_names, files, ignored, data_root, unreadable)
 
 
 def _single_top_folder(root: Path) -> Path:
-    """Archives often wrap everything in one folder (flowers/daisy/...): look inside it."""
+    """Archives often wrap everything in one folder (flowers/daisy/..., shapes/train/...): look
+    inside it, for class folders and train/ val/ test/ alike."""
     entries = [p for p in root.iterdir() if not p.name.startswith(".") and p.name not in IGNORED_DIRS]
-    if len(entries) == 1 and entries[0].is_dir():
-        inner = entries[0]
-        if any((inner / s).is_dir() for s in SPLITS):
-            raise DatasetError(f"dataset {root}: put train/ val/ test/ at the top of the dataset, "
-                               f"not inside {inner.name}/")
-        if len(_class_dirs(inner)) > 1:
-            return inner
+    if len(entries) != 1 or not entries[0].is_dir() or entries[0].name in SPLITS:
+        return root
+    inner = entries[0]
+    if any((inner / s).is_dir() for s in SPLITS) or len(_class_dirs(inner)) > 1:
+        return inner
     return root
 
 
@@ -279,20 +284,25 @@ def _class_dirs(folder: Path) -> list[str]:
                   if p.is_dir() and not p.name.startswith(".") and p.name not in IGNORED_DIRS)
 
 
-def _image_files(folder: Path, class_names: list[str]) -> tuple[list[tuple[Path, int]], int]:
-    found, ignored = [], 0
+def _image_files(folder: Path, class_names: list[str]) -> tuple[list[tuple[Path, int]], int, list[Path]]:
+    """Images per class, the number of other files, and the links that point nowhere."""
+    found, ignored, broken = [], 0, []
     for label, name in enumerate(class_names):
         class_dir = folder / name
         if not class_dir.is_dir():
             continue
         for path in sorted(class_dir.rglob("*")):
-            if not path.is_file() or path.name.startswith(".") or path.name.endswith(".etag"):
+            if path.name.startswith(".") or path.name.endswith(".etag"):
                 continue
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.is_symlink() and not path.exists():
+                broken.append(path)
+            elif not path.is_file():
+                continue
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
                 found.append((path, label))
             else:
                 ignored += 1
-    return found, ignored
+    return found, ignored, broken
 
 
 def _check_classes(root: Path, class_names: list[str], train: list[tuple[Path, int]]) -> None:

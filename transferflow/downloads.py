@@ -9,16 +9,24 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from transferflow.errors import ChecksumError, DatasetError, DownloadError
+from transferflow.errors import (
+    ChecksumError,
+    DatasetError,
+    DownloadError,
+    PermanentChecksumError,
+    PermanentDownloadError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,45 +59,94 @@ def download(url: str, target: Path, checksum: Checksum | None = None, *,
              attempts: int = 4, logger: logging.Logger | logging.LoggerAdapter = log) -> Path:
     """Download `url` to `target`, resuming a partial file, and verify it.
 
-    A wrong checksum is never accepted: the bad file is removed and the error raised.
+    Transient faults (timeouts, resets, 5xx, throttling) are retried with backoff; permanent
+    ones (unknown host, 404/403) fail at once. A wrong checksum is never accepted: the bad
+    file is removed and fetched once more, and the same wrong bytes twice fail as permanent.
     """
     if target.is_file() and (checksum is None or _matches(target, checksum)):
         logger.info("using cached download %s", target.name)
         return target
     partial = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
+    first = _fetch_verified(url, partial, checksum, attempts, logger)
+    if first is not None:  # a second download tells bytes damaged in transit from a bad source
+        logger.warning("checksum mismatch for %s (got %s): discarded, downloading it once more",
+                       redact(url), first)
+        second = _fetch_verified(url, partial, checksum, attempts, logger)
+        if second is not None:
+            raise _mismatch(redact(url), checksum, first, second)
+    partial.replace(target)
+    partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
+    return target
+
+
+def _fetch_verified(url: str, partial: Path, checksum: Checksum | None, attempts: int, logger) -> str | None:
+    """Fetch into `partial`; None if its bytes match `checksum`, else their digest (and they are deleted)."""
+    _fetch_retrying(url, partial, attempts, logger)
+    if checksum is None:
+        return None
+    actual = _digest(partial, checksum.algorithm)
+    if actual == checksum.hexdigest:
+        return None
+    partial.unlink()
+    partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
+    return actual
+
+
+def _mismatch(shown: str, checksum: Checksum, first: str, second: str) -> ChecksumError:
+    expected = f"checksum mismatch for {shown}: expected {checksum.algorithm} {checksum.hexdigest}"
+    if first == second:
+        return PermanentChecksumError(
+            f"{expected}, got {second} on two downloads: permanent, not retried (the source serves "
+            "these bytes). The file was discarded; if the source changed on purpose, update the checksum.")
+    return ChecksumError(
+        f"{expected}, got {first} then {second}: the bytes differ on each download, so they are damaged "
+        "in transit (transient, retried later). The file was discarded; check the network or proxy.")
+
+
+TRANSIENT_HTTP = frozenset({408, 425, 429})  # 4xx answers that mean "try again later"
+PERMANENT_DNS = frozenset(code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None))
+                          if code is not None)  # not EAI_AGAIN: "temporary failure in name resolution"
+
+
+def _fetch_retrying(url: str, partial: Path, attempts: int, logger) -> None:
+    """_fetch until it succeeds: transient faults retried with backoff, permanent ones raised at once."""
     shown = redact(url)
     for attempt in range(1, attempts + 1):
         try:
             _fetch(url, partial, logger)
-            break
+            return
         except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as exc:
             error = exc
             if isinstance(exc, urllib.error.HTTPError) and exc.code == 416:  # stale partial file
                 partial.unlink(missing_ok=True)
                 continue
-            if isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500 and exc.code != 429:
-                raise DatasetError(f"download of {shown} failed: HTTP {exc.code} {exc.reason}. "
-                                   "Check the URL.") from None
+            if (permanent := permanent_fault(url, exc)) is not None:
+                cause, fix = permanent
+                raise PermanentDownloadError(f"download of {shown} failed: {cause}: permanent, not "
+                                             f"retried. {fix}") from None
             if attempt < attempts:
                 delay = min(2 ** attempt, 30)
-                logger.warning("download attempt %d/%d of %s failed (%s); retrying in %ds",
+                logger.warning("download attempt %d/%d of %s failed (%s, transient); retrying in %ds",
                                attempt, attempts, shown, exc, delay)
                 time.sleep(delay)
-    else:
-        raise DownloadError(f"download of {shown} failed after {attempts} attempts: {error}. "
-                            "Check the URL and network; without internet, pass --dataset "
-                            "with a local folder or an s3:// copy.") from None
-    if checksum is not None and not _matches(partial, checksum):
-        actual = _digest(partial, checksum.algorithm)
-        partial.unlink()
-        partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
-        raise ChecksumError(f"checksum mismatch for {shown}: expected {checksum.algorithm} "
-                            f"{checksum.hexdigest}, got {actual}. The file was discarded; "
-                            "if the source changed on purpose, update the checksum.")
-    partial.replace(target)
-    partial.with_name(partial.name + ".validator").unlink(missing_ok=True)
-    return target
+    raise DownloadError(f"download of {shown} failed after {attempts} attempts: {error} (transient, "
+                        "retried). Check the URL and network; without internet, pass --dataset "
+                        "with a local folder or an s3:// copy.") from None
+
+
+def permanent_fault(url: str, exc: Exception) -> tuple[str, str] | None:
+    """(what went wrong, the fix) when retrying `exc` cannot help; None for a fault that may pass."""
+    if isinstance(exc, urllib.error.HTTPError):
+        if exc.code >= 500 or exc.code in TRANSIENT_HTTP:
+            return None
+        return f"HTTP {exc.code} {exc.reason}", "Check the URL (and that it needs no login)."
+    cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(cause, socket.gaierror) and cause.errno in PERMANENT_DNS:
+        return (f"cannot resolve host {urllib.parse.urlsplit(url).hostname}",
+                "Check the host name in the URL; without internet, pass --dataset with a local "
+                "folder or an s3:// copy.")
+    return None
 
 
 def probe(url: str, timeout: float = 10.0) -> dict | None:

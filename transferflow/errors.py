@@ -21,6 +21,19 @@ class ChecksumError(DownloadError):
     """Downloaded bytes do not match the expected checksum; they were discarded."""
 
 
+class PermanentError(TransferflowError):
+    """Mixed into errors that retrying cannot heal (unknown host, HTTP 404/403, the same wrong
+    bytes twice): retry policies fail these at once."""
+
+
+class PermanentDownloadError(DownloadError, PermanentError):
+    """The origin refused for good: its host does not resolve, or it answered 4xx."""
+
+
+class PermanentChecksumError(ChecksumError, PermanentError):
+    """Two downloads gave the same wrong bytes: the source serves them, a retry gets them again."""
+
+
 class WeightsError(TransferflowError):
     """Backbone weights are missing or do not fit the backbone."""
 

@@ -308,7 +308,7 @@ def test_unicode_and_spaces_in_names(bucket, tmp_path, sample_dataset):
     ref = prepare_dataset(str(root), OPTIONS)
     assert ref.class_names == ["chat noir", "日本 猫"]
     assert total(ref) == 10
-    assert ref.name == "donn-es-d-t"  # a key-safe slug of the folder's name
+    assert ref.name == "donnees-d-ete"  # a key-safe slug of the folder's name, accents folded
     assert all(key.isascii() and " " not in key for key in stored(bucket))
 
 
@@ -337,10 +337,13 @@ def test_symlinks_in_a_local_folder_are_followed(bucket, tmp_path, sample_datase
     shutil.copy(sorted((sample_dataset / "class_0").glob("*.png"))[-1], outside)
     (root / "class_0" / "zz_link.png").symlink_to(outside)
     (root / "class_1" / "zz_passwd.jpg").symlink_to("/etc/passwd")
+    (root / "class_1" / "zz_gone.png").symlink_to(tmp_path / "deleted.png")  # dangling: counted, named
     caplog.set_level("INFO")
     ref = prepare_dataset(str(root), LENIENT)
     assert total(ref) == 11  # 12 files: the outside image kept, /etc/passwd skipped
     assert "skipped 1 corrupt or unreadable images of 12: class_1/zz_passwd.jpg" in caplog.text
+    assert (f"dataset {root}: skipped 1 unreadable files (symlinks whose target is missing): "
+            "class_1/zz_gone.png") in caplog.text
 
 
 # ---------------------------------------------------------------- 17-18: archives
@@ -449,11 +452,13 @@ def test_credentials_in_a_weights_uri_are_refused():
 
 
 def test_class_left_without_decodable_images_is_refused(bucket, tmp_path, sample_dataset):
-    root = small_dataset(tmp_path / "rare", sample_dataset)
+    root = small_dataset(tmp_path / "few", sample_dataset)  # not named "rare": only the message can match
     (root / "rare").mkdir()
     for i in range(3):
         (root / "rare" / f"img_{i}.jpg").write_bytes(b"HEIC saved as .jpg")
-    with pytest.raises(DatasetError, match="rare"):
+    with pytest.raises(DatasetError, match=re.escape(
+            f"dataset {root}: class folders ['rare'] have no readable training images (all were corrupt); "
+            "replace the images or remove the folders")):
         prepare_dataset(str(root), PrepareOptions(32, 0.1, 0.1, 0, max_bad_fraction=0.25))
     assert stored(bucket) == []
 

@@ -5,6 +5,7 @@ import hashlib
 import http.server
 import tarfile
 import threading
+import time
 from functools import partial
 
 import numpy as np
@@ -12,8 +13,15 @@ import pytest
 
 from tests.conftest import upload_folder
 from transferflow import storage
-from transferflow.data import PrepareOptions, load_prepared, prepare_dataset
-from transferflow.errors import ChecksumError, DatasetError
+from transferflow.data import PrepareOptions, load_prepared, prepare_dataset, remote_source
+from transferflow.errors import (
+    ChecksumError,
+    DatasetError,
+    PermanentChecksumError,
+    PermanentDownloadError,
+    PermanentError,
+)
+from transferflow.samples import write_dataset
 
 OPTIONS = PrepareOptions(image_size=32, val_fraction=0.1, test_fraction=0.1, seed=0)
 
@@ -116,19 +124,55 @@ def test_http_archive_with_good_checksum(bucket, http_root):
     assert "/shapes.tar.gz" in hits
 
 
-def test_http_archive_with_bad_checksum_is_refused(bucket, http_root, isolated_environment):
-    base, _, _ = http_root
-    with pytest.raises(ChecksumError, match="checksum mismatch.*expected sha256 " + "0" * 64):
-        prepare_dataset(f"{base}/shapes.tar.gz#sha256={'0' * 64}", OPTIONS)
-    leftovers = [p.name for p in (isolated_environment / "downloads").rglob("shapes.tar.gz*")]
-    assert all(name == "shapes.tar.gz" for name in leftovers) or not leftovers
+def test_http_archive_with_bad_checksum_is_refused(bucket, http_root):
+    """The same wrong bytes twice: permanent, so a third download is never tried; nothing is kept."""
+    base, _, hits = http_root
+    url = f"{base}/shapes.tar.gz#sha256={'0' * 64}"
+    before = hits.count("/shapes.tar.gz")
+    with pytest.raises(PermanentChecksumError, match="checksum mismatch.*expected sha256 " + "0" * 64
+                       + ", got [0-9a-f]{64} on two downloads: permanent, not retried"):
+        prepare_dataset(url, OPTIONS)
+    assert hits.count("/shapes.tar.gz") - before == 2
+    folder = storage.cache_dir() / "downloads" / remote_source(url).source_id[:16]
+    assert folder.is_dir() and list(folder.iterdir()) == []  # no file, .part or .validator left
+    assert list(storage.list_keys(bucket, "")) == []
+
+
+def test_unknown_host_fails_at_once_naming_it(bucket):
+    started = time.monotonic()
+    with pytest.raises(PermanentDownloadError, match="download of http://example.invalid/shapes.tar.gz "
+                       "failed: cannot resolve host example.invalid: permanent, not retried"):
+        prepare_dataset("http://example.invalid/shapes.tar.gz", OPTIONS)
+    assert time.monotonic() - started < 10
+
+
+def test_wrapped_archive_with_splits_over_http(bucket, http_root, tmp_path):
+    """`tar -czf splits.tar.gz -C parent splits`, splits/ holding train/ and test/: the wrapper is
+    looked through, and the fingerprint is that of the same folder unwrapped."""
+    base, root, _ = http_root
+    folder = write_dataset(tmp_path / "splits", classes=2, per_class=12, splits=("train", "test"))
+    with tarfile.open(root / "splits.tar.gz", "w:gz") as tar:
+        tar.add(folder, arcname="splits")
+    digest = hashlib.sha256((root / "splits.tar.gz").read_bytes()).hexdigest()
+    ref = prepare_dataset(f"{base}/splits.tar.gz#sha256={digest}", OPTIONS)
+    assert ref.class_names == ["class_0", "class_1"]
+    assert ref.split_origin == {"val": "carved", "test": "given"}
+    assert {split: sum(c.values()) for split, c in ref.counts.items()} == {"train": 22, "val": 2, "test": 24}
+    assert ref.fingerprint == prepare_dataset(str(folder), OPTIONS).fingerprint
+
+
+def test_wrapped_folder_with_splits_on_s3(bucket, tmp_path):
+    write_dataset(tmp_path / "parent" / "splits", classes=2, per_class=3, splits=("train", "val"))
+    ref = prepare_dataset(upload_folder(tmp_path / "parent", bucket, "sources/wrapped"), OPTIONS)
+    assert ref.split_origin == {"val": "given", "test": "carved"}
+    assert ref.fingerprint == prepare_dataset(str(tmp_path / "parent" / "splits"), OPTIONS).fingerprint
 
 
 @contextlib.contextmanager
 def scripted_server(payload: bytes, script: list):
     """An HTTP server whose n-th GET does script[n]: 500 (an error), a fraction (send that share
-    of the body, then drop the connection), or 1 (the whole rest). Honours Range; yields
-    (url, the byte offset each request asked for)."""
+    of the body, then drop the connection), 1 (the whole rest), or bytes (send them instead of
+    the payload: a damaged copy). Honours Range; yields (url, the byte offset each request asked for)."""
     seen = []
 
     class Scripted(http.server.BaseHTTPRequestHandler):
@@ -142,12 +186,13 @@ def scripted_server(payload: bytes, script: list):
             if action == 500:
                 self.send_error(500, "overloaded")
                 return
+            data, share = (action, 1) if isinstance(action, bytes) else (payload, action)
             self.send_response(206 if start else 200)
-            self.send_header("Content-Length", str(len(payload) - start))
+            self.send_header("Content-Length", str(len(data) - start))
             self.send_header("ETag", '"v1"')
             self.end_headers()
-            body = payload[start:]
-            self.wfile.write(body[: int(len(body) * action)])
+            body = data[start:]
+            self.wfile.write(body[: int(len(body) * share)])
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -182,7 +227,34 @@ def test_download_retries_server_errors_then_resumes(tmp_path, caplog):
     assert "HTTP Error 500" in caplog.text and "connection closed at" in caplog.text
 
 
-def test_http_missing_file_is_a_clear_error(bucket, http_root):
-    base, _, _ = http_root
-    with pytest.raises(DatasetError, match="HTTP 404"):
-        prepare_dataset(f"{base}/missing.tar.gz", OPTIONS)
+def test_http_missing_file_fails_at_once(bucket, http_root, monkeypatch):
+    base, _, hits = http_root
+    before, sleeps = hits.count("/missing.tar.gz"), []
+    monkeypatch.setattr("transferflow.downloads.time.sleep", sleeps.append)
+    with pytest.raises(PermanentDownloadError, match="download of .*/missing.tar.gz failed: HTTP 404 "
+                                                     "File not found: permanent, not retried. Check the URL"):
+        prepare_dataset(f"{base}/missing.tar.gz#sha256={'0' * 64}", OPTIONS)
+    assert sleeps == []
+    assert hits.count("/missing.tar.gz") - before == 2  # one GET: http.server logs a 404 twice
+
+
+def test_bytes_damaged_once_are_downloaded_once_more(tmp_path, caplog):
+    from transferflow.downloads import Checksum, download
+
+    payload = bytes(range(256)) * 1000
+    caplog.set_level("WARNING")
+    with scripted_server(payload, [b"damaged in transit", 1]) as (url, seen):
+        path = download(url, tmp_path / "blob.tar", Checksum("sha256", hashlib.sha256(payload).hexdigest()))
+    assert path.read_bytes() == payload and seen == [0, 0]
+    assert "checksum mismatch" in caplog.text and "downloading it once more" in caplog.text
+
+
+def test_bytes_damaged_differently_twice_stay_transient(tmp_path):
+    from transferflow.downloads import Checksum, download
+
+    payload = bytes(range(256)) * 1000
+    with scripted_server(payload, [b"damaged once", b"damaged twice", 1]) as (url, seen):
+        with pytest.raises(ChecksumError, match="the bytes differ on each download.*transient") as info:
+            download(url, tmp_path / "blob.tar", Checksum("sha256", hashlib.sha256(payload).hexdigest()))
+    assert not isinstance(info.value, PermanentError) and seen == [0, 0]
+    assert list(tmp_path.iterdir()) == []

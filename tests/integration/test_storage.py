@@ -57,8 +57,10 @@ def test_server_requires_credentials(s3_server):
     import boto3
     from botocore import UNSIGNED
     from botocore.config import Config
+    from botocore.exceptions import ClientError
 
     anonymous = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
                              config=Config(signature_version=UNSIGNED))
-    with pytest.raises(Exception):  # noqa: B017 - any refusal will do; it must not list
+    with pytest.raises(ClientError, match=r"\(AccessDenied\) when calling the ListBuckets operation") as info:
         anonymous.list_buckets()
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403  # refused, not unreachable

@@ -67,6 +67,36 @@ def test_default_model_name_comes_from_dataset(dataset, name):
     assert RetrainConfig(dataset=dataset).registry_name == name
 
 
+@pytest.mark.parametrize("dataset, slug", [
+    ("/data/données d'été", "donnees-d-ete"),
+    ("/data/Straße_Ærø", "strasse_aero"),
+    ("s3://b/ﬁlm №1/", "film-no1"),
+])
+def test_accented_dataset_names_are_transliterated(dataset, slug):
+    from transferflow.config import dataset_slug
+
+    assert dataset_slug(dataset) == slug
+    assert default_model_name(dataset, "vgg16") == f"{slug}-vgg16"
+
+
+def test_names_in_scripts_without_ascii_letters_stay_distinct():
+    import re
+
+    from transferflow.config import dataset_slug
+
+    names = ["/data/кошки", "/data/собаки", "/data/猫", "/data/犬", "/data/猫 cats", "/data/犬 cats"]
+    slugs = [dataset_slug(name) for name in names]
+    assert len(set(slugs)) == len(names)  # none of them collapses to "dataset"
+    assert all(re.fullmatch(r"ds-[0-9a-f]{8}", slug) for slug in slugs[:4])
+    assert re.fullmatch(r"cats-[0-9a-f]{8}", slugs[4])
+    assert dataset_slug("s3://bucket/кошки/") == slugs[0]  # stable: the name, not where it lives
+    name = default_model_name("/data/кошки", "efficientnet_b0")
+    assert RetrainConfig(dataset="/data/кошки", backbone="efficientnet_b0").registry_name == name
+    assert re.fullmatch(r"ds-[0-9a-f]{8}-efficientnet_b0", name)
+    long = default_model_name("/data/" + "x" * 60 + "猫", "efficientnet_b0")
+    assert len(long) <= 63 and re.fullmatch(r"x+-[0-9a-f]{8}-efficientnet_b0", long)
+
+
 def test_config_round_trips_through_json():
     config = RetrainConfig(dataset="/x", head_epochs=2, weights="none")
     assert RetrainConfig.model_validate_json(config.model_dump_json()) == config

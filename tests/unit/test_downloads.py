@@ -127,3 +127,63 @@ def test_redact_hides_query_tokens():
 
     assert redact("https://h/x.tgz?X-Amz-Signature=abc") == "https://h/x.tgz?…"
     assert redact("https://h/x.tgz") == "https://h/x.tgz"
+
+
+def test_unknown_host_fails_at_once_as_permanent(tmp_path, monkeypatch):
+    import time
+
+    from transferflow.downloads import download
+    from transferflow.errors import PermanentDownloadError
+
+    sleeps = []
+    monkeypatch.setattr("transferflow.downloads.time.sleep", sleeps.append)
+    started = time.monotonic()
+    with pytest.raises(PermanentDownloadError, match="cannot resolve host example.invalid: permanent, not "
+                                                     "retried. Check the host name"):
+        download("http://example.invalid/shapes.tar.gz", tmp_path / "shapes.tar.gz")
+    assert time.monotonic() - started < 10 and sleeps == []  # not one retry
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("fault", "permanent"), [
+    ("gaierror-noname", True), ("gaierror-again", False), ("http-404", True), ("http-403", True),
+    ("http-429", False), ("http-408", False), ("http-503", False), ("reset", False), ("timeout", False),
+])
+def test_faults_are_sorted_into_permanent_and_transient(fault, permanent):
+    import socket
+    import urllib.error
+
+    from transferflow.downloads import permanent_fault
+
+    url = "https://data.example/x.tgz"
+    exc = {
+        "gaierror-noname": urllib.error.URLError(socket.gaierror(socket.EAI_NONAME, "Name not known")),
+        "gaierror-again": urllib.error.URLError(socket.gaierror(socket.EAI_AGAIN, "Temporary failure")),
+        "reset": ConnectionResetError(104, "Connection reset by peer"),
+        "timeout": urllib.error.URLError(TimeoutError("timed out")),
+    }.get(fault) or urllib.error.HTTPError(url, int(fault[5:]), "reason", {}, None)
+    assert (permanent_fault(url, exc) is not None) == permanent
+
+
+def test_retry_condition_does_not_retry_permanent_faults():
+    """The Prefect task-level retry (tasks.policies) on a real failed State."""
+    from prefect.states import Failed
+
+    from tasks.policies import retry_transient
+    from transferflow.errors import (
+        ChecksumError,
+        DownloadError,
+        PermanentChecksumError,
+        PermanentDownloadError,
+        StorageError,
+    )
+
+    def retried(exc: Exception) -> bool:
+        return retry_transient(None, None, Failed(data=exc))
+
+    assert not retried(PermanentDownloadError("download of x failed: cannot resolve host h: permanent"))
+    assert not retried(PermanentChecksumError("checksum mismatch … on two downloads: permanent"))
+    assert not retried(DatasetError("dataset x does not exist"))
+    assert retried(DownloadError("download of x failed after 4 attempts (transient, retried)"))
+    assert retried(ChecksumError("the bytes differ on each download"))
+    assert retried(StorageError("cannot reach object storage"))

@@ -32,6 +32,31 @@ def test_scan_looks_inside_a_single_wrapping_folder(tmp_path):
     assert scan_folder(tmp_path / "d").class_names == ["class_0", "class_1"]
 
 
+def test_scan_looks_inside_a_single_wrapping_folder_for_splits(tmp_path):
+    """`tar -czf shapes.tar.gz -C parent shapes` with shapes/train/ and shapes/test/."""
+    inner = write_dataset(tmp_path / "d" / "shapes", classes=2, per_class=2, splits=("train", "test"))
+    wrapped = scan_folder(tmp_path / "d")
+    assert wrapped.class_names == ["class_0", "class_1"]
+    assert {split: len(files) for split, files in wrapped.files.items()} == {"train": 4, "test": 4}
+    assert fingerprint_folder(wrapped) == fingerprint_folder(scan_folder(inner))  # the wrapper is not data
+
+
+def test_wrapped_splits_without_train_are_named(tmp_path):
+    write_dataset(tmp_path / "d" / "shapes", classes=2, per_class=1, splits=("val", "test"))
+    with pytest.raises(DatasetError, match=r"dataset wrapped.tgz/shapes has val, test/ but no train/ folder"):
+        scan_folder(tmp_path / "d", label="wrapped.tgz")
+
+
+def test_dangling_symlink_is_counted_and_logged(tiny, tmp_path, caplog):
+    (tiny / "class_1" / "zz_gone.png").symlink_to(tmp_path / "deleted.png")
+    caplog.set_level("WARNING")
+    scan = scan_folder(tiny, label="s3://b/d/")
+    assert scan.unreadable == [tiny / "class_1" / "zz_gone.png"]
+    assert len(scan.files["train"]) == 8 and scan.ignored == 0
+    assert ("dataset s3://b/d/: skipped 1 unreadable files (symlinks whose target is missing): "
+            "class_1/zz_gone.png") in caplog.text
+
+
 def test_fingerprint_follows_content(tiny):
     before = fingerprint_folder(scan_folder(tiny))
     assert before == fingerprint_folder(scan_folder(tiny))
