@@ -26,7 +26,8 @@ STACK := $(BIN)/python -m transferflow.stack --port $(PREFECT_PORT)
 # The local stack's server, unless PREFECT_API_URL points at another one.
 STACK_API = $${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}
 
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+# TensorFlow's C++ start-up lines: `transferflow` hides them itself (`transferflow --verbose ...`
+# shows them). A TF_CPP_MIN_LOG_LEVEL set here would count as the user's choice and bring them back.
 
 # True when the environment already names an object store (cloud or other).
 S3_CONFIGURED := $(strip $(AWS_ENDPOINT_URL)$(AWS_ENDPOINT_URL_S3)$(AWS_ACCESS_KEY_ID)$(AWS_PROFILE))

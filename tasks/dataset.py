@@ -7,6 +7,7 @@ from tasks.policies import retry_transient
 from transferflow import phases
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
+from transferflow.preflight import preflight
 
 
 @task(name="check_storage")
@@ -19,6 +20,13 @@ def check_storage() -> str:
     where = phases.check_storage()
     get_run_logger().info("object storage: %s", where)
     return where
+
+
+@task(name="check_inputs")
+def check_inputs(config: RetrainConfig) -> None:
+    """Refuse a missing dataset path or weights file (or a malformed URL) before any download:
+    a bad weights path is otherwise found only after the dataset is prepared."""
+    preflight(config)
 
 
 def dataset_cache_key(context, parameters) -> str | None:

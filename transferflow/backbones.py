@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,9 @@ def _imagenet_backbone(builder, spec: BackboneSpec, shape) -> Any:
 def _load_weights_into(model, spec: BackboneSpec, path: Path) -> None:
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist: pass an existing .weights.h5 file")
+    damage = damaged_weights(path)
+    if damage:  # else Keras's error would be reported as an architecture mismatch
+        raise WeightsError(f"weights file {path.name} is damaged: {damage}. {DAMAGED_FIX}")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -141,6 +145,31 @@ def _load_weights_into(model, spec: BackboneSpec, path: Path) -> None:
             f"keras.applications.{spec.constructor}(include_top=False) with "
             "model.save_weights('name.weights.h5'), or choose the matching --backbone."
         ) from exc
+
+
+DAMAGED_FIX = ("Download or save it again (model.save_weights('name.weights.h5')), and upload it again "
+               "if it came from s3://")
+
+
+def damaged_weights(path: Path) -> str | None:
+    """Why HDF5 cannot open the file (cut short, not HDF5 at all), or None when it opens.
+
+    h5py comes with TensorFlow and imports neither it nor Keras, so this runs before either loads.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r"):
+            return None
+    except OSError as exc:
+        text = str(exc)
+    sizes = re.search(r"\beof = (\d+).*stored_eof = (\d+)", text)
+    if sizes:
+        return (f"it is truncated ({int(sizes[1]):,} bytes of the {int(sizes[2]):,} its header "
+                "records; an interrupted download or copy?)")
+    if "signature not found" in text:
+        return "it is not an HDF5 file (.weights.h5 files are HDF5)"
+    return f"HDF5 cannot open it ({text.strip()[:200]})"
 
 
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)

@@ -10,15 +10,18 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
+import typing
 from enum import Enum
 from typing import Any
 
 from pydantic import ValidationError
 
-from transferflow import __version__, storage
+from transferflow import __version__, storage, tflogs
 from transferflow.config import RetrainConfig
 from transferflow.errors import ConfigError, TransferflowError
+from transferflow.preflight import preflight
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,12 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="transferflow", description="Transfer-learning retraining "
                                      "pipeline with an S3 model registry.")
     parser.add_argument("--version", action="version", version=f"transferflow {__version__}")
+    add_verbose_flag(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="run the retrain flow",
                                 description="Run the retrain flow (Prefect's ephemeral API "
                                 "when PREFECT_API_URL is unset).")
     add_config_flags(train)
+    add_verbose_flag(train)
     train.set_defaults(handler=cmd_train)
 
     datasets = commands.add_parser("datasets", help="inspect and fill the dataset store and mirror")
@@ -63,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     prefetch.add_argument("dataset", metavar="URI",
                           help="built-in name, http(s) archive, s3:// or local path")
     add_config_flags(prefetch, only=PREPARE_FIELDS)
+    add_verbose_flag(prefetch)
     prefetch.set_defaults(handler=cmd_datasets_prefetch)
 
     models = commands.add_parser("models", help="inspect and manage the model registry")
@@ -75,14 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders or s3:// URIs")
     predict.add_argument("--top-k", type=int, default=3, help="labels per image (default: 3)")
     predict.add_argument("--json", action="store_true", help="print JSON")
+    add_verbose_flag(predict)
     predict.set_defaults(handler=cmd_predict)
     return parser
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    """--verbose before or after the command; subcommands leave the top-level default alone."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show TensorFlow's C++ start-up logs (oneDNN, CUDA), hidden otherwise "
+                        "unless TF_CPP_MIN_LOG_LEVEL is set")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise TransferflowError("--top-k must be at least 1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tflogs.import_tensorflow(args.verbose)
     from transferflow.predict import predict
 
     model, predictions = predict(args.reference, args.images, args.top_k)
@@ -173,28 +187,52 @@ def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | No
         elif annotation in (int, float):
             options["type"] = annotation
             options["metavar"] = "N" if annotation is int else "X"
-        elif name == "fine_tune_blocks":  # int | "all": pydantic parses the string
-            options["metavar"] = "N|all"
+        elif literals := _number_or_word(annotation):  # e.g. int | "auto": pydantic parses the string
+            options["metavar"] = literals
         parser.add_argument("--" + name.replace("_", "-"), **options)
+
+
+def _number_or_word(annotation) -> str | None:
+    """'N|auto' for int | Literal["auto"], 'X|auto' for float | Literal["auto"]; else None."""
+    parts = typing.get_args(annotation)
+    words = [str(word) for part in parts if typing.get_origin(part) is typing.Literal
+             for word in typing.get_args(part)]
+    numbers = ["N" if part is int else "X" for part in parts if part in (int, float)]
+    return "|".join(numbers + words) if words and numbers else None
 
 
 def parse_config(values: dict[str, Any]) -> RetrainConfig:
     try:
         return RetrainConfig(**values)
     except ValidationError as exc:
-        problems = "; ".join(
-            (f"--{'.'.join(str(p) for p in err['loc']).replace('_', '-')}: " if err["loc"] else "")
-            + err["msg"].removeprefix("Value error, ")
-            for err in exc.errors())
+        problems = "; ".join(_flag_problem(err) for err in exc.errors())
         raise ConfigError(f"invalid parameters: {problems}") from None
+
+
+def _flag_problem(err: dict) -> str:
+    """One pydantic error in flag terms: '--image-size: ...' for a field, and a check of several
+    fields together ('image_size 16 is below ...') with its field names written as flags."""
+    message = err["msg"].removeprefix("Value error, ")
+    if err["loc"]:
+        return f"--{str(err['loc'][0]).replace('_', '-')}: {message}"
+    return as_flags(message)
+
+
+def as_flags(text: str) -> str:
+    """Every RetrainConfig field name with an underscore in `text`, as its flag (--image-size).
+    Single-word names (dataset, backbone) are left alone: they are also ordinary words."""
+    names = sorted((n for n in RetrainConfig.model_fields if "_" in n), key=len, reverse=True)
+    pattern = r"(?<![\w-])(" + "|".join(names) + r")(?!\w)"
+    return re.sub(pattern, lambda match: "--" + match[1].replace("_", "-"), text)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k in RetrainConfig.model_fields}
     config = parse_config(values)
-    # Fail in a second on a wrong endpoint, before Prefect and TensorFlow start up.
+    # Fail in a second on a missing path or a wrong endpoint, before Prefect and TensorFlow start up.
+    preflight(config, as_flags=True)
     storage.ensure_bucket()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tflogs.import_tensorflow(args.verbose)
     # The ephemeral server's usage heartbeat calls out to the internet: not on training clusters.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.retrain import retrain
@@ -259,7 +297,7 @@ def cmd_datasets_prefetch(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k in PREPARE_FIELDS}
     config = parse_config({**values, "dataset": args.dataset})
     storage.ensure_bucket()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    tflogs.import_tensorflow(args.verbose)
     from transferflow import phases
 
     ref = phases.download_dataset(config, logger=logging.getLogger("transferflow.prefetch"))

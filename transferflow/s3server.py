@@ -10,12 +10,14 @@ to loopback only and requires the credentials it is started with.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
 import socket
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from transferflow import daemons
 
 GRPC_OFFSET = 10000  # weed listens on port+10000 for gRPC next to each HTTP port
 READY_TIMEOUT_S = 60
+DEFAULT_MASTER_PORT = 9333  # weed's own default, used when not isolated
+LISTENERS = ("master", "volume", "filer", "admin")
 
 
 @dataclass
@@ -34,6 +38,7 @@ class LocalS3:
     access_key: str
     secret_key: str
     process: subprocess.Popen | None = None
+    master_port: int = DEFAULT_MASTER_PORT
 
     @property
     def endpoint(self) -> str:
@@ -84,16 +89,37 @@ def weed_command(data_dir: Path, s3_port: int, isolated: bool) -> list[str]:
         "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
     if isolated:  # every listener on a free port, so instances can run side by side
-        master, volume, filer, admin = free_ports(4)
-        command += [f"-master.port={master}", f"-volume.port={volume}",
-                    f"-filer.port={filer}", f"-admin.port={admin}"]
+        command += [f"-{name}.port={port}" for name, port in isolated_ports(data_dir).items()]
     return command
+
+
+def isolated_ports(data_dir: Path) -> dict[str, int]:
+    """The master, volume, filer and admin ports: those this data directory used last time when
+    they are all free, so that a restarted store is the same store (its master keeps its state
+    under a folder named after its port), else new free ones."""
+    saved = data_dir / "listeners.json"
+    try:
+        ports = {name: int(json.loads(saved.read_text())[name]) for name in LISTENERS}
+        if all(port_is_free(p) and port_is_free(p + GRPC_OFFSET) for p in ports.values()):
+            return ports
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    ports = dict(zip(LISTENERS, free_ports(len(LISTENERS)), strict=True))
+    saved.write_text(json.dumps(ports))
+    return ports
+
+
+def _master_port(command: list[str]) -> int:
+    found = [arg.split("=", 1)[1] for arg in command if arg.startswith("-master.port=")]
+    return int(found[0]) if found else DEFAULT_MASTER_PORT
 
 
 def start(data_dir: Path, port: int | None = None, *, access_key: str | None = None,
           secret_key: str | None = None, log_path: Path | None = None,
           pid_file: Path | None = None, isolated: bool | None = None) -> LocalS3:
-    """Start `weed mini` and wait until its S3 API answers with these credentials.
+    """Start `weed mini` and wait until it serves what it holds: its S3 API answers with these
+    credentials and its master knows every volume on disk (until then, reads of objects in the
+    others fail with InternalError, "volume N not found").
 
     `isolated` (default: when no port is given) puts every other listener on a free port.
     """
@@ -107,11 +133,16 @@ def start(data_dir: Path, port: int | None = None, *, access_key: str | None = N
     env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key,
            "AWS_SECRET_ACCESS_KEY": server.secret_key}
     log_path = log_path or data_dir / "weed.log"
-    server.process = daemons.spawn(weed_command(data_dir, port, isolated), log_path=log_path,
-                                   env=env, pid_file=pid_file)
+    command = weed_command(data_dir, port, isolated)
+    server.master_port = _master_port(command)
+    server.process = daemons.spawn(command, log_path=log_path, env=env, pid_file=pid_file)
     try:
         daemons.wait_until(_s3_answers(server), what="SeaweedFS", timeout=READY_TIMEOUT_S,
                            log_path=log_path, process=server.process)
+        on_disk = volumes_on_disk(data_dir)
+        daemons.wait_until(lambda: on_disk <= volumes_registered(server),
+                           what=f"SeaweedFS's master (loading the {len(on_disk)} volumes in {data_dir})",
+                           timeout=READY_TIMEOUT_S, log_path=log_path, process=server.process)
     except BaseException:
         stop_process(server.process)
         raise
@@ -127,6 +158,25 @@ def _s3_answers(server: LocalS3):
                       aws_secret_access_key=server.secret_key, region_name="us-east-1",
                       config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5))
     return lambda: bool(s3.list_buckets() is not None)
+
+
+def volumes_on_disk(data_dir: Path) -> set[int]:
+    """The ids of the volumes stored in data_dir: <id>.dat or <collection>_<id>.dat."""
+    ids = set()
+    for path in data_dir.glob("*.dat"):
+        tail = path.stem.rsplit("_", 1)[-1]
+        if tail.isdigit():
+            ids.add(int(tail))
+    return ids
+
+
+def volumes_registered(server: LocalS3) -> set[int]:
+    """The ids of the volumes the master can route reads to (its /vol/status)."""
+    url = f"http://127.0.0.1:{server.master_port}/vol/status"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        status = json.load(response)
+    return {volume["Id"] for center in status["Volumes"]["DataCenters"].values()
+            for rack in center.values() for volumes in rack.values() for volume in volumes or ()}
 
 
 def stop_process(process: subprocess.Popen | None, timeout: float = 15) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from transferflow import daemons, storage
+from transferflow.errors import StorageError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEPLOYMENTS_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
@@ -125,6 +126,20 @@ def worker_env(stack: Stack) -> dict[str, str]:
             "PREFECT_WORKER_HEARTBEAT_SECONDS": str(max(stack.poll_seconds, 5))}
 
 
+def check_storage() -> None:
+    """Workers read the object store from their first run: make sure it serves reads now. A store
+    that has just started answers InternalError until its volumes are loaded; storage's client
+    waits that out, and names the cause if it lasts."""
+    storage.load_local_env()
+    if not storage.configured():
+        return  # start_worker warns about the missing settings
+    try:
+        storage.check_readable(storage.bucket_name())
+    except StorageError as exc:
+        raise RuntimeError(f"the object store does not serve reads: {exc}") from None
+    print(f"object store ready: s3://{storage.bucket_name()} at {storage.endpoint_label()}")
+
+
 def start_worker(stack: Stack, pool: str) -> None:
     name = f"worker-{pool}"
     if daemons.read_pid(stack.pid_file(name)):
@@ -172,6 +187,7 @@ def deployments(stack: Stack) -> list[dict]:
 def up(stack: Stack) -> None:
     start_server(stack)
     create_pools(stack)
+    check_storage()
     for pool in POOLS:
         start_worker(stack, pool)
     deploy(stack)

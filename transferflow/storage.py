@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BUCKET = "transferflow"
 LOCAL_ENV_FILE = Path(".local/s3.env")
+LOCAL_STORE_LOG = Path(".local/s3/weed.log")  # where `make storage-up`'s store logs
+WARMUP_S = 30.0  # how long a store answering 500/503 is given to finish starting (TRANSFERFLOW_S3_WARMUP_S)
+STARTING_CODES = ("InternalError", "ServiceUnavailable", "SlowDown")
 _S3_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_PROFILE")
 _clients: dict[tuple, Any] = {}
 _clients_lock = threading.Lock()
@@ -84,6 +87,11 @@ def load_local_env(path: Path = LOCAL_ENV_FILE) -> bool:
     return True
 
 
+def configured() -> bool:
+    """Whether the environment names an object store (endpoint, keys or profile)."""
+    return any(os.environ.get(name) for name in _S3_SETTINGS)
+
+
 def bucket_name() -> str:
     return os.environ.get("TRANSFERFLOW_BUCKET") or DEFAULT_BUCKET
 
@@ -115,8 +123,26 @@ def client():
                 s3={"addressing_style": "path"},
                 signature_version="s3v4",  # presigned URLs: SigV4, bounded to 7 days
             )
-            _clients[cache_key] = boto3.session.Session().client("s3", config=config)
+            s3 = boto3.session.Session().client("s3", config=config)
+            # Registered after botocore's own retry handler, so it is asked once that one gives up.
+            s3.meta.events.register("needs-retry.s3", _retry_starting_store)
+            _clients[cache_key] = s3
         return _clients[cache_key]
+
+
+def warmup_seconds() -> float:
+    return float(os.environ.get("TRANSFERFLOW_S3_WARMUP_S", WARMUP_S))
+
+
+def _retry_starting_store(response=None, request_dict=None, attempts: int = 1, **_) -> float | None:
+    """Seconds to wait before retrying a 500 or 503, while the first one is under warmup_seconds()
+    old; else None (no retry). A store that has just started answers InternalError until it has
+    loaded its volumes, for longer than botocore's own retries (under a second) wait."""
+    if response is None or response[0].status_code not in (500, 503):
+        return None
+    since = request_dict["context"].setdefault("transferflow_5xx_since", time.monotonic())
+    left = since + warmup_seconds() - time.monotonic()
+    return min(0.25 * 2 ** min(attempts, 4), left) if left > 0 else None
 
 
 @contextlib.contextmanager
@@ -157,6 +183,13 @@ def translated(action: str, bucket: str, key: str = "") -> Iterator[None]:
             raise StorageError(
                 f"bucket {bucket!r} does not exist at {endpoint_label()}: create it or fix the URI"
             ) from None
+        if code in STARTING_CODES or status in (500, 503):
+            raise StorageError(
+                f"object storage at {endpoint_label()} answered {code or status} to every attempt to "
+                f"{action} {where} for {warmup_seconds():.0f} s: a store that has just started may "
+                f"still be loading its volumes. Retry in a minute, or check its log ({LOCAL_STORE_LOG} "
+                "for `make storage-up`'s store)."
+            ) from None
         raise StorageError(f"could not {action} {where} at {endpoint_label()}: {code or status}") from None
     except botocore.exceptions.BotoCoreError as exc:
         raise StorageError(f"could not {action} {where} at {endpoint_label()}: "
@@ -171,23 +204,39 @@ def _without_secrets(text: str) -> str:
 def ensure_bucket(bucket: str | None = None) -> str:
     """Create the bucket if it is missing; fail clearly if storage is unreachable."""
     bucket = bucket or bucket_name()
-    s3 = client()
-    with translated("check", bucket):
-        try:
-            s3.head_bucket(Bucket=bucket)
-            return bucket
-        except botocore.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-                raise
+    if bucket_exists(bucket):
+        return bucket
     with translated("create", bucket):
         try:
-            s3.create_bucket(Bucket=bucket)
+            client().create_bucket(Bucket=bucket)
             log.info("created bucket %s at %s", bucket, endpoint_label())
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in (
                 "BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise
     return bucket
+
+
+def bucket_exists(bucket: str) -> bool:
+    with translated("check", bucket):
+        try:
+            client().head_bucket(Bucket=bucket)
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+    return False
+
+
+def check_readable(bucket: str) -> None:
+    """Read a byte of one object in the bucket, if it exists and holds any. A listing comes from
+    the store's metadata alone; a read needs the volumes, which a store that has just started
+    may still be loading."""
+    first = next(iter(list_keys(bucket, "")), None) if bucket_exists(bucket) else None
+    if first is not None:
+        extra = {"Range": "bytes=0-0"} if first["Size"] else {}
+        with translated("read", bucket, first["Key"]):
+            client().get_object(Bucket=bucket, Key=first["Key"], **extra)["Body"].read()
 
 
 def head(bucket: str, key: str) -> dict | None:

@@ -1,0 +1,132 @@
+"""Checks of a RetrainConfig that need neither Prefect nor TensorFlow: the dataset and weights
+exist and are well formed. `transferflow train` runs them before either loads, so a wrong path
+is refused in a second instead of after Prefect's start-up; the retrain flow runs them as its
+first task, so a missing weights file is not found only after a long download.
+
+Messages name the input as the caller knows it: `--dataset` on the command line, `dataset`
+in the flow's parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from pathlib import Path
+
+from transferflow import storage
+from transferflow.config import RetrainConfig
+from transferflow.errors import DatasetError, StorageError, WeightsError
+
+SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+DATASET_FORMS = ("a built-in name ({builtins}), an http(s) archive URL, s3://bucket/prefix/, or a local "
+                 "folder (one subfolder per class) or archive")
+WEIGHTS_FORMS = "imagenet, none, or the local path, file:// or s3:// URI of a .weights.h5 file"
+
+
+def preflight(config: RetrainConfig, *, as_flags: bool = False) -> None:
+    """Refuse what is knowable before the flow starts; `as_flags` names inputs as CLI flags."""
+    check_dataset(config.dataset, "--dataset" if as_flags else "dataset")
+    check_weights(config.weights, "--weights" if as_flags else "weights")
+
+
+def check_dataset(dataset: str, label: str = "dataset") -> None:
+    """A built-in, a well-formed archive URL, an s3:// prefix holding objects, or an existing path."""
+    from transferflow.builtins import BUILTINS
+
+    if dataset in BUILTINS:
+        return
+    if dataset.startswith(("http://", "https://")):
+        _check_archive_url(dataset, label)
+    elif dataset.startswith("s3://"):
+        _check_s3_prefix(dataset, label)
+    elif SCHEME_RE.match(dataset) and not dataset.startswith("file://"):
+        raise DatasetError(f"{label} {dataset}: {_scheme(dataset)}:// is not a supported source; pass "
+                           + DATASET_FORMS.format(builtins=", ".join(sorted(BUILTINS))))
+    else:
+        _check_local_dataset(dataset, label)
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0]
+
+
+def _check_archive_url(url: str, label: str) -> None:
+    from transferflow.data import ARCHIVE_SUFFIXES
+    from transferflow.downloads import Checksum, redact
+
+    try:
+        base, _ = Checksum.from_fragment(url)
+        parts = urllib.parse.urlsplit(base)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not a number)
+    except DatasetError as exc:
+        raise DatasetError(f"{label}: {exc}") from None
+    except ValueError as exc:
+        raise DatasetError(f"{label} {redact(url)} is not a valid URL ({exc}): fix it") from None
+    if not parts.hostname:
+        raise DatasetError(f"{label} {redact(url)} names no host: use https://host/path/name.tar.gz")
+    if not parts.path.lower().endswith(ARCHIVE_SUFFIXES):
+        raise DatasetError(f"{label} {redact(url)} is not an archive URL (.tar.gz, .tgz, .tar, .zip): "
+                           "point it at the archive file itself")
+
+
+def _check_s3_prefix(uri: str, label: str) -> None:
+    try:
+        location = storage.parse_s3_uri(uri)
+    except StorageError as exc:
+        raise DatasetError(f"{label}: {exc}") from None
+    if next(iter(storage.list_keys(location.bucket, location.key)), None) is None:
+        raise DatasetError(f"{label} {uri} holds no objects at {storage.endpoint_label()}: check the URI "
+                           "(a prefix with one folder per class, or an archive's key)")
+
+
+def _check_local_dataset(dataset: str, label: str) -> None:
+    from transferflow.builtins import BUILTINS
+    from transferflow.data import ARCHIVE_SUFFIXES
+
+    path = Path(dataset.removeprefix("file://")).expanduser()
+    if not path.exists():
+        raise DatasetError(f"{label} {dataset!r} does not exist: pass "
+                           + DATASET_FORMS.format(builtins=", ".join(sorted(BUILTINS))))
+    if path.is_file() and not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise DatasetError(f"{label} {dataset!r} is a file but not an archive (.tar.gz, .tgz, .tar, .zip): "
+                           "pass the folder or archive that holds the images")
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise DatasetError(f"{label} {dataset!r} is not readable by this user: fix its permissions "
+                           "(chmod -R u+rX)")
+
+
+def check_weights(weights: str, label: str = "weights") -> None:
+    """imagenet, none, an s3:// object that exists, or a local .weights.h5 that HDF5 can open."""
+    if weights in ("imagenet", "none"):
+        return
+    if weights.startswith("s3://"):
+        _check_s3_weights(weights, label)
+    elif SCHEME_RE.match(weights) and not weights.startswith("file://"):
+        raise WeightsError(f"{label} {weights}: {_scheme(weights)}:// is not supported; pass {WEIGHTS_FORMS}")
+    else:
+        _check_local_weights(weights, label)
+
+
+def _check_s3_weights(uri: str, label: str) -> None:
+    try:
+        location = storage.parse_s3_object_uri(uri)
+    except StorageError as exc:
+        raise WeightsError(f"{label}: {exc}") from None
+    if storage.head(location.bucket, location.key) is None:
+        raise WeightsError(f"{label} {uri} does not exist at {storage.endpoint_label()}: upload the "
+                           ".weights.h5 file there, or fix the URI")
+
+
+def _check_local_weights(weights: str, label: str) -> None:
+    from transferflow.backbones import DAMAGED_FIX, damaged_weights
+
+    path = Path(weights.removeprefix("file://")).expanduser()
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise WeightsError(f"{label} {weights} {what}: pass {WEIGHTS_FORMS}")
+    if not os.access(path, os.R_OK):
+        raise WeightsError(f"{label} {weights} is not readable by this user: fix its permissions")
+    damage = damaged_weights(path)
+    if damage:
+        raise WeightsError(f"{label} {weights} is damaged: {damage}. {DAMAGED_FIX}")
