@@ -8,7 +8,7 @@ from prefect.runtime import flow_run
 from flows.naming import retrain_run_name
 from tasks.backbone import build_backbone
 from tasks.credentials import use_credentials_block
-from tasks.dataset import check_storage, download_dataset
+from tasks.dataset import check_inputs, check_storage, download_dataset
 from tasks.evaluation import evaluate_model
 from tasks.registry import decide_promotion, export_model, promote_model, register_model
 from tasks.remote import choose_training_target
@@ -24,11 +24,12 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a f
     use_credentials_block()
     run_id = flow_run.id or uuid.uuid4().hex
     check_storage()
+    check_inputs(config)
     dataset = download_dataset(config)
-    backbone = build_backbone(config)
+    backbone = build_backbone(config, dataset)
     target = choose_training_target(config)
     head = run_phase("head", target, config, dataset, run_id, backbone=backbone)
-    gate = decide_fine_tune(config, head)
+    gate = decide_fine_tune(config, dataset, head)
     fine = run_phase("fine_tune", target, config, dataset, run_id, head=head) if gate.passed else None
     final = fine.chosen if fine else head
     test = evaluate_model(dataset, final.model_uri, config.batch_size)

@@ -5,7 +5,7 @@ from prefect.logging import get_run_logger
 from transferflow import phases
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
-from transferflow.gate import GateDecision, fine_tune_gate
+from transferflow.gate import GateDecision
 
 
 def epoch_progress(phase: str):
@@ -29,12 +29,9 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: phases.Back
 
 
 @task(name="decide_fine_tune")
-def decide_fine_tune(config: RetrainConfig, head: phases.PhaseOutcome) -> GateDecision:
-    """The gate: fine-tune only a head whose validation accuracy clears fine_tune_gate."""
-    decision = fine_tune_gate(head.metrics["val_accuracy"], config.fine_tune_gate,
-                              config.fine_tune_epochs)
-    get_run_logger().info("gate: %s", decision.reason)
-    return decision
+def decide_fine_tune(config: RetrainConfig, dataset: DatasetRef, head: phases.PhaseOutcome) -> GateDecision:
+    """The gate: fine-tune only a head clearly better than chance (or clearing fine_tune_gate)."""
+    return phases.decide_fine_tune(config, dataset, head, logger=get_run_logger())
 
 
 @task(name="fine_tune")

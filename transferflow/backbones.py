@@ -30,6 +30,9 @@ class BackboneSpec:
     # Layer-name prefixes of the backbone's blocks, bottom to top. Fine-tuning
     # unfreezes the last N of these.
     blocks: tuple[str, ...]
+    # The input size its ImageNet weights were trained at: image_size "auto" never goes above it,
+    # since larger inputs cost quadratically more and the filters were not trained at that scale.
+    native_size: int = 224
 
     def preprocess_input(self):
         module = importlib.import_module(f"keras.applications.{self.preprocess_module}")
@@ -40,10 +43,11 @@ def _numbered(template: str, first: int, last: int) -> tuple[str, ...]:
     return tuple(template.format(i) for i in range(first, last + 1))
 
 
-def _efficientnet(name: str, constructor: str, preprocess_module: str, stages: int) -> BackboneSpec:
+def _efficientnet(name: str, constructor: str, preprocess_module: str, stages: int,
+                  native_size: int = 224) -> BackboneSpec:
     # Layers are named block{stage}{letter}_..., with at most 7 stages: "block1" matches stage 1 only.
     return BackboneSpec(name, constructor, preprocess_module, 32,
-                        ("stem_", *_numbered("block{}", 1, stages), "top_"))
+                        ("stem_", *_numbered("block{}", 1, stages), "top_"), native_size)
 
 
 def _convnext(name: str, constructor: str) -> BackboneSpec:
@@ -77,11 +81,11 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("mobilenet_v3_large", "MobileNetV3Large", "mobilenet_v3", 32,
                      (*_numbered("expanded_conv_{}_", 1, 14), "conv_1")),
         _efficientnet("efficientnet_b0", "EfficientNetB0", "efficientnet", 7),
-        _efficientnet("efficientnet_b1", "EfficientNetB1", "efficientnet", 7),
-        _efficientnet("efficientnet_b2", "EfficientNetB2", "efficientnet", 7),
-        _efficientnet("efficientnet_b3", "EfficientNetB3", "efficientnet", 7),
+        _efficientnet("efficientnet_b1", "EfficientNetB1", "efficientnet", 7, 240),
+        _efficientnet("efficientnet_b2", "EfficientNetB2", "efficientnet", 7, 260),
+        _efficientnet("efficientnet_b3", "EfficientNetB3", "efficientnet", 7, 300),
         _efficientnet("efficientnet_v2_b0", "EfficientNetV2B0", "efficientnet_v2", 6),
-        BackboneSpec("xception", "Xception", "xception", 71, _numbered("block{}_", 1, 14)),
+        BackboneSpec("xception", "Xception", "xception", 71, _numbered("block{}_", 1, 14), 299),
         _convnext("convnext_tiny", "ConvNeXtTiny"),
     )
 }

@@ -7,17 +7,25 @@ from transferflow.config import dataset_slug
 
 
 def prepared(bucket: str) -> list[dict]:
-    """Every prepared dataset variant (its DatasetRef manifest), oldest name first."""
-    found = []
+    """Every prepared dataset variant (its DatasetRef manifest), oldest name first.
+
+    An image_size "auto" run also writes an "auto..." manifest naming the same copy as its sized
+    one: the copy is listed once.
+    """
+    found: dict[str, dict] = {}
     for obj in storage.list_keys(bucket, "datasets/"):
         key = obj["Key"]
         if not key.endswith(".json") or key.startswith(mirror.INDEX_PREFIX + "/") or "/source/" in key:
             continue
         document = storage.get_json(bucket, key)
-        if document is not None and "fingerprint" in document[0]:
-            found.append({**document[0], "manifest": f"s3://{bucket}/{key}",
-                          "prepared_at": obj["LastModified"].isoformat(timespec="seconds")})
-    return sorted(found, key=lambda ref: (ref["name"], ref["prepared_at"]))
+        if document is None or "fingerprint" not in document[0]:
+            continue
+        is_auto = key.rsplit("/", 1)[-1].startswith("auto")
+        if is_auto and document[0]["uri"] in found:
+            continue
+        found[document[0]["uri"]] = {**document[0], "manifest": f"s3://{bucket}/{key}",
+                                     "prepared_at": obj["LastModified"].isoformat(timespec="seconds")}
+    return sorted(found.values(), key=lambda ref: (ref["name"], ref["prepared_at"]))
 
 
 def describe(bucket: str, reference: str) -> dict:

@@ -168,7 +168,7 @@ def add_list_and_show(commands, listing: tuple[str, Any], showing: tuple[str, An
         command.set_defaults(handler=handler)
 
 
-PREPARE_FIELDS = ("image_size", "val_fraction", "test_fraction", "seed", "max_bad_image_fraction",
+PREPARE_FIELDS = ("image_size", "backbone", "val_fraction", "test_fraction", "seed", "max_bad_image_fraction",
                   "stream_threshold_mb")
 
 

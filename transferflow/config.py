@@ -57,9 +57,11 @@ class RetrainConfig(BaseModel):
         description="Backbone weights: imagenet, none, or the URI of a .weights.h5 file "
         "(local path, file:// or s3://) for air-gapped clusters.",
     )
-    image_size: int = Field(
-        32, ge=32, le=1024,
-        description="Images are resized to this square size (pixels).",
+    image_size: int | Literal["auto"] = Field(
+        "auto",
+        description="Images are resized to this square size (pixels, 32-1024), or auto: the median "
+        "image's shorter side rounded to a multiple of 32, between the backbone's minimum and its "
+        "native size (224 for VGG16). Larger costs quadratically more compute.",
     )
     head_epochs: int = Field(
         10, ge=1, le=1000,
@@ -69,14 +71,16 @@ class RetrainConfig(BaseModel):
         5, ge=0, le=1000,
         description="Maximum fine-tuning epochs; 0 skips fine-tuning.",
     )
-    fine_tune_gate: float = Field(
-        0.5, ge=0.0, le=1.0,
-        description="Fine-tune only if the head's validation accuracy is at least this.",
+    fine_tune_gate: float | Literal["auto"] = Field(
+        "auto",
+        description="Fine-tune only if the head's validation accuracy is at least this, or auto: "
+        "only if it is significantly above the majority-class baseline of the validation split "
+        "(one-sided binomial test, p < 0.01), whatever the number of classes.",
     )
     fine_tune_blocks: int | Literal["all"] = Field(
-        1,
-        description="How many of the backbone's top blocks to unfreeze for fine-tuning (VGG16: block5 is "
-        "1), or all. BatchNorm layers always stay frozen, in inference mode.",
+        2,
+        description="How many of the backbone's top blocks to unfreeze for fine-tuning (VGG16: 2 is block4 "
+        "and block5), or all. BatchNorm layers always stay frozen, in inference mode.",
     )
     fine_tune_schedule: Schedule = Field(
         Schedule.WARMUP_COSINE,
@@ -85,8 +89,9 @@ class RetrainConfig(BaseModel):
     )
     head_learning_rate: float = Field(1e-3, gt=0.0, le=1.0, description="Adam learning rate for the head.")
     fine_tune_learning_rate: float = Field(
-        1e-5, gt=0.0, le=1.0,
-        description="Adam learning rate for fine-tuning.",
+        1e-4, gt=0.0, le=1.0,
+        description="Adam learning rate for fine-tuning (the peak of its schedule): a tenth of the "
+        "head's, since the head starts converged on standardised features.",
     )
     batch_size: int = Field(32, ge=1, le=4096, description="Images per training step.")
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout rate before the classifier layer.")
@@ -99,9 +104,11 @@ class RetrainConfig(BaseModel):
         0.1, gt=0.0, lt=0.5,
         description="Share of train carved out for testing when the dataset has no test split.",
     )
-    promote_min_accuracy: float = Field(
-        0.5, ge=0.0, le=1.0,
-        description="A new version is blessed only if its test accuracy is at least this.",
+    promote_min_accuracy: float | Literal["auto"] = Field(
+        "auto",
+        description="A new version is blessed only if its test accuracy is at least this, or auto: "
+        "only if it is significantly above the majority-class baseline of the test split "
+        "(one-sided binomial test, p < 0.01).",
     )
     promote_tolerance: float = Field(
         0.0, ge=0.0, le=1.0,
@@ -203,6 +210,20 @@ class RetrainConfig(BaseModel):
             )
         return value
 
+    @field_validator("image_size")
+    @classmethod
+    def _image_size_range(cls, value: int | str) -> int | str:
+        if value != "auto" and not 32 <= value <= 1024:
+            raise ValueError(f"must be between 32 and 1024 pixels, or auto (got {value})")
+        return value
+
+    @field_validator("fine_tune_gate", "promote_min_accuracy")
+    @classmethod
+    def _share_or_auto(cls, value: float | str, info) -> float | str:
+        if value != "auto" and not 0.0 <= value <= 1.0:
+            raise ValueError(f"must be an accuracy between 0 and 1, or auto (got {value})")
+        return value
+
     @field_validator("model_name")
     @classmethod
     def _model_name_safe(cls, value: str | None) -> str | None:
@@ -216,7 +237,7 @@ class RetrainConfig(BaseModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> RetrainConfig:
         spec = BACKBONES[self.backbone]
-        if self.image_size < spec.min_size:
+        if self.image_size != "auto" and self.image_size < spec.min_size:
             raise ValueError(f"image_size {self.image_size} is below {spec.name}'s minimum {spec.min_size}: "
                              f"set image_size to at least {spec.min_size} or choose another backbone")
         if self.fine_tune_blocks != "all" and not 1 <= self.fine_tune_blocks <= len(spec.blocks):

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -408,6 +408,43 @@ def jpeg_shape(path: Path) -> tuple[int, int] | None:
 SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
+def image_shape(path: Path) -> tuple[int, int] | None:
+    """(height, width) from an image file's header (JPEG, PNG, GIF, BMP), without decoding it."""
+    shape = jpeg_shape(path)
+    if shape is not None:
+        return shape
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(26)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if head.startswith((b"GIF87a", b"GIF89a")) and len(head) >= 10:
+        return int.from_bytes(head[8:10], "little"), int.from_bytes(head[6:8], "little")
+    if head.startswith(b"BM") and len(head) >= 26:
+        return (abs(int.from_bytes(head[22:26], "little", signed=True)),
+                int.from_bytes(head[18:22], "little", signed=True))
+    return None
+
+
+SIZE_SAMPLE = 500  # image headers read to choose image_size "auto"
+
+
+def auto_image_size(shorter_sides: list[int], low: int, high: int) -> int:
+    """image_size "auto": the median image's shorter side, rounded to a multiple of 32 (the
+    backbones downsample by 32, so other sizes waste border pixels), within [low, high].
+
+    Upscaling small images adds no detail and costs compute; downscaling far below the photos
+    throws away what pretrained filters need. `high` is the backbone's native size: above it
+    the cost grows quadratically for little gain. Without readable headers: `high`.
+    """
+    if not shorter_sides:
+        return high
+    median = float(np.median(shorter_sides))
+    return int(min(high, max(low, 32 * max(1, round(median / 32)))))
+
+
 def _decode_resize(contents, size: int, ratio: int, antialias: bool | None):
     import tensorflow as tf
 
@@ -496,12 +533,22 @@ def complete_splits(splits: dict[str, Items], val_fraction: float, test_fraction
 
 @dataclass(frozen=True)
 class PrepareOptions:
-    image_size: int
+    image_size: int | str  # pixels, or "auto": chosen from the images within auto_bounds
     val_fraction: float
     test_fraction: float
     seed: int
     max_bad_fraction: float = 0.01  # corrupt images tolerated (skipped) before the stage fails
     stream_threshold_mb: int = 2048  # above this decoded size: sharded TFRecord, streamed
+    auto_bounds: tuple[int, int] = (32, 224)  # the backbone's minimum and native input size
+
+
+@dataclass
+class Source:
+    """A dataset's images before decoding: how to plan its splits at a size, and the shorter
+    sides of (a sample of) its images, for image_size "auto"."""
+
+    plan: Callable[[int], tuple[list[str], dict[str, Items]]]  # size -> (class names, split items)
+    sizes: Callable[[], list[int]]
 
 
 def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = None,
@@ -523,14 +570,14 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
             paths, origins = mirror.fetch(bucket, entry, logger), []
         else:
             paths, origins = mirror.download(remote, logger)
-        fingerprint, build = _remote_builder(dataset, remote, paths, options, logger)
+        fingerprint, source = _remote_builder(dataset, remote, paths, logger)
     else:
         scan = scan_folder(local_folder(dataset, logger), label=shown)
         if scan.ignored:
             logger.info("ignored %d files that are not images (%s)", scan.ignored, ", ".join(IMAGE_SUFFIXES))
-        fingerprint, build = fingerprint_folder(scan), _folder_plan(scan, options)
+        fingerprint, source = fingerprint_folder(scan), _folder_source(scan)
     ref = _stored(bucket, dataset, fingerprint, options, logger) or _prepare(
-        dataset, fingerprint, build, options, bucket, logger)
+        dataset, fingerprint, source, options, bucket, logger)
     if remote is not None and entry is None:
         mirror.publish(bucket, remote, dataset_slug(dataset), fingerprint, paths, origins, logger)
     return ref
@@ -538,8 +585,9 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
 
 def _keys(dataset: str, fingerprint: str, options: PrepareOptions) -> tuple[str, str]:
     prefix = f"datasets/{dataset_slug(dataset)}/{fingerprint[:16]}"
-    variant = (f"{options.image_size}px-v{options.val_fraction}-t{options.test_fraction}"
-               f"-s{options.seed}-f{PREPARED_FORMAT}")
+    size = (f"{options.image_size}px" if options.image_size != "auto"
+            else "auto{}-{}px".format(*options.auto_bounds))
+    variant = f"{size}-v{options.val_fraction}-t{options.test_fraction}-s{options.seed}-f{PREPARED_FORMAT}"
     return prefix, variant
 
 
@@ -553,7 +601,7 @@ def _stored(bucket: str, dataset: str, fingerprint: str, options: PrepareOptions
         if cached is None:
             continue
         ref = DatasetRef.model_validate(cached[0])
-        if _should_stream(_total(ref), options) == streamed:
+        if _should_stream(_total(ref), ref.image_size, options) == streamed:
             logger.info("dataset %s already prepared as %s", downloads.redact(dataset), ref.uri)
             return ref
     return None
@@ -563,19 +611,39 @@ def _total(ref: DatasetRef) -> int:
     return sum(sum(counts.values()) for counts in ref.counts.values())
 
 
-def _should_stream(images: int, options: PrepareOptions) -> bool:
-    return records.estimated_bytes(images, options.image_size) > options.stream_threshold_mb * 2**20
+def _should_stream(images: int, image_size: int, options: PrepareOptions) -> bool:
+    return records.estimated_bytes(images, image_size) > options.stream_threshold_mb * 2**20
 
 
-def _prepare(dataset: str, fingerprint: str, plan, options: PrepareOptions, bucket: str,
+def _prepare(dataset: str, fingerprint: str, source: Source, options: PrepareOptions, bucket: str,
              logger) -> DatasetRef:
+    """Choose the size if "auto", then prepare at it (or find it prepared); an "auto" manifest
+    is also written so that the next "auto" run finds the copy without reading the images."""
+    if options.image_size != "auto":
+        return _prepare_at(dataset, fingerprint, source, options, bucket, logger)
+    sizes = source.sizes()
+    size = auto_image_size(sizes, *options.auto_bounds)
+    logger.info("image size auto: %d px (median shorter side %s px of %d images read, within the "
+                "backbone's %d-%d px)", size, f"{np.median(sizes):.0f}" if sizes else "unknown",
+                len(sizes), *options.auto_bounds)
+    sized = replace(options, image_size=size)
+    ref = _stored(bucket, dataset, fingerprint, sized, logger) or _prepare_at(
+        dataset, fingerprint, source, sized, bucket, logger)
+    prefix, variant = _keys(dataset, fingerprint, options)
+    storage.put_json(bucket, f"{prefix}/{variant}{STREAMED_SUFFIX * (ref.format == 'tfrecord')}.json",
+                     ref.model_dump())
+    return ref
+
+
+def _prepare_at(dataset: str, fingerprint: str, source: Source, options: PrepareOptions, bucket: str,
+                logger) -> DatasetRef:
     """Decode, resize and store the splits: one .npz when small, TFRecord shards when not."""
     prefix, variant = _keys(dataset, fingerprint, options)
-    class_names, given = plan()
+    class_names, given = source.plan(options.image_size)
     splits, origin = complete_splits(given, options.val_fraction, options.test_fraction,
                                      options.seed, class_names)
     total = sum(len(items.labels) for items in splits.values())
-    stream = _should_stream(total, options)
+    stream = _should_stream(total, options.image_size, options)
     variant += STREAMED_SUFFIX * stream
     ref = DatasetRef(name=dataset_slug(dataset), source=downloads.redact(dataset), fingerprint=fingerprint,
                      uri=f"s3://{bucket}/{prefix}/{variant}" + ("/" if stream else ".npz"),
@@ -674,9 +742,8 @@ def _class_counts(labels: np.ndarray, class_names: list[str]) -> dict[str, int]:
     return {class_names[k]: int(v) for k, v in sorted(Counter(labels.tolist()).items())}
 
 
-def _remote_builder(dataset: str, remote: RemoteSource, paths: list[Path], options: PrepareOptions,
-                    logger):
-    """Fingerprint and split plan for downloaded (or mirrored) files of a built-in or archive URL."""
+def _remote_builder(dataset: str, remote: RemoteSource, paths: list[Path], logger) -> tuple[str, Source]:
+    """Fingerprint and source for downloaded (or mirrored) files of a built-in or archive URL."""
     extracted: list[Path] = []
 
     def extract(archive: Path) -> Path:
@@ -685,25 +752,39 @@ def _remote_builder(dataset: str, remote: RemoteSource, paths: list[Path], optio
 
     if dataset not in BUILTINS:
         scan = scan_folder(extract(paths[0]), label=remote.shown)
-        return fingerprint_folder(scan), _folder_plan(scan, options)
+        return fingerprint_folder(scan), _folder_source(scan)
     # A built-in's content is pinned by its checksums: they are its fingerprint.
     fingerprint = hashlib.sha256(remote.identity.encode()).hexdigest()
+    read: list = []  # the built-in's data, read once for sizes and plan alike
 
-    def plan():
-        try:
-            data = BUILTINS[dataset].read(paths, extract)
-        except DatasetError:  # damaged files: the next run must fetch and unpack them afresh
-            for path in [*paths, *extracted]:
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-            raise
-        if isinstance(data, Folder):
-            return _folder_plan(scan_folder(data.root, label=dataset), options)()
-        if any(x.shape[1] != options.image_size for x, _ in data.splits.values()):
-            logger.info("resizing %s to %dpx", dataset, options.image_size)
-        return data.class_names, {split: _array_items(x, y, options.image_size)
-                                  for split, (x, y) in data.splits.items()}
+    def data():
+        if not read:
+            try:
+                found = BUILTINS[dataset].read(paths, extract)
+            except DatasetError:  # damaged files: the next run must fetch and unpack them afresh
+                for path in [*paths, *extracted]:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                raise
+            read.append(_folder_source(scan_folder(found.root, label=dataset))
+                        if isinstance(found, Folder) else found)
+        return read[0]
 
-    return fingerprint, plan
+    def plan(size: int):
+        arrays = data()
+        if isinstance(arrays, Source):
+            return arrays.plan(size)
+        if any(x.shape[1] != size for x, _ in arrays.splits.values()):
+            logger.info("resizing %s to %dpx", dataset, size)
+        return arrays.class_names, {split: _array_items(x, y, size)
+                                    for split, (x, y) in arrays.splits.items()}
+
+    def sizes():
+        arrays = data()
+        if isinstance(arrays, Source):
+            return arrays.sizes()
+        return [x.shape[1] for x, _ in arrays.splits.values()]
+
+    return fingerprint, Source(plan, sizes)
 
 
 def _array_items(x: np.ndarray, y: np.ndarray, image_size: int) -> Items:
@@ -711,20 +792,25 @@ def _array_items(x: np.ndarray, y: np.ndarray, image_size: int) -> Items:
                  lambda i: f"image {i}")
 
 
-def _folder_plan(scan: FolderScan, options: PrepareOptions):
+def _folder_source(scan: FolderScan) -> Source:
     """The folder's splits as file lists and labels: nothing is decoded yet."""
-    def plan():
+    def plan(size: int):
         splits = {}
         for split, files in scan.files.items():
             if files:
                 paths = [p for p, _ in files]
                 splits[split] = Items(
                     np.array([label for _, label in files], dtype=np.int32),
-                    lambda positions, paths=paths: decode_images([paths[i] for i in positions],
-                                                                 options.image_size),
+                    lambda positions, paths=paths: decode_images([paths[i] for i in positions], size),
                     lambda i, paths=paths: paths[i].relative_to(scan.root).as_posix())
         return scan.class_names, splits
-    return plan
+
+    def sizes():
+        files = [path for split in scan.files.values() for path, _ in split]
+        sample = files[::max(1, len(files) // SIZE_SAMPLE)]
+        return [min(shape) for path in sample if (shape := image_shape(path))]
+
+    return Source(plan, sizes)
 
 
 def _summary(ref: DatasetRef) -> str:

@@ -15,7 +15,7 @@ from transferflow import backbones, storage
 from transferflow.compute import FLOAT32, ComputePlan, compute_scope, plan_compute
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, PrepareOptions, load_prepared, prepare_dataset
-from transferflow.gate import GateDecision, keep_fine_tuned
+from transferflow.gate import GateDecision, fine_tune_gate, keep_fine_tuned
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +68,15 @@ def check_storage() -> str:
 
 
 def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
-    options = PrepareOptions(config.image_size, config.val_fraction, config.test_fraction, config.seed,
-                             config.max_bad_image_fraction, config.stream_threshold_mb)
-    return prepare_dataset(config.dataset, options, logger=logger)
+    return prepare_dataset(config.dataset, prepare_options(config), logger=logger)
+
+
+def prepare_options(config: RetrainConfig) -> PrepareOptions:
+    """The dataset stage's options; image_size "auto" is bounded by the backbone's sizes."""
+    spec = backbones.get_spec(config.backbone)
+    return PrepareOptions(config.image_size, config.val_fraction, config.test_fraction, config.seed,
+                          config.max_bad_image_fraction, config.stream_threshold_mb,
+                          auto_bounds=(spec.min_size, spec.native_size))
 
 
 def dataset_cache_key(config: RetrainConfig) -> str | None:
@@ -83,22 +89,28 @@ def dataset_cache_key(config: RetrainConfig) -> str | None:
     signature = source_signature(config.dataset)
     if signature is None:
         return None
-    parts = [signature, config.image_size, config.val_fraction, config.test_fraction, config.seed,
-             config.max_bad_image_fraction, config.stream_threshold_mb, PREPARED_FORMAT,
+    options = prepare_options(config)
+    parts = [signature, options.image_size, options.auto_bounds, options.val_fraction, options.test_fraction,
+             options.seed, options.max_bad_fraction, options.stream_threshold_mb, PREPARED_FORMAT,
              storage.endpoint_label(), storage.bucket_name()]
     return "dataset-" + hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
 
 
-def build_backbone(config: RetrainConfig, logger=log) -> BackboneRef:
-    """Resolve the weights and build the backbone once, so a mismatch fails before training."""
+def build_backbone(config: RetrainConfig, dataset: DatasetRef | None = None, logger=log) -> BackboneRef:
+    """Resolve the weights and build the backbone once, so a mismatch fails before training.
+
+    At the prepared dataset's image size; without one, at config.image_size (its minimum for auto).
+    """
     spec = backbones.get_spec(config.backbone)
     weights_file = backbones.resolve_weights(config.weights)
-    model = backbones.construct(spec, config.image_size, weights_file)
+    size = dataset.image_size if dataset else (spec.min_size if config.image_size == "auto"
+                                               else config.image_size)
+    model = backbones.construct(spec, size, weights_file)
     sha = storage.sha256_file(weights_file) if weights_file not in (None, "imagenet") else None
     logger.info("backbone %s (%s weights): %d parameters, output %s", spec.name, config.weights,
                 model.count_params(), tuple(model.output_shape[1:]))
     return BackboneRef(name=spec.name, weights=config.weights, weights_sha256=sha,
-                       image_size=config.image_size, parameters=int(model.count_params()),
+                       image_size=size, parameters=int(model.count_params()),
                        preprocessing=f"keras.applications.{spec.preprocess_module}.preprocess_input")
 
 
@@ -117,7 +129,7 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
     extra = {}
     with compute_scope(plan):
         keras.utils.set_random_seed(config.seed)  # so that weights "none" are reproducible
-        base = backbones.construct(spec, config.image_size, weights_file)
+        base = backbones.construct(spec, dataset.image_size, weights_file)
         classifier = modeling.build_classifier(base, spec, len(dataset.class_names), config.dropout,
                                                augment=config.augment)
         options = _fit_options(config, plan, data, logger, on_epoch, config.head_epochs,
@@ -131,8 +143,24 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
             if config.cache_features:
                 logger.info("augmentation is on, so every epoch sees new images: features are not "
                             "cached and the head trains end to end")
+            standardize_features(classifier, data.splits["train"], options["batch_size"], logger)
             metrics = fit_phase(classifier, "head", data.splits["train"], data.splits["val"], **options)
     return _stage(classifier, "head", config, run_id, metrics.as_dict() | extra, plan)
+
+
+def standardize_features(classifier, train, batch_size: int, logger=log) -> None:
+    """Set the standardize layer from one pass of the frozen backbone over the (unaugmented)
+    training images: the end-to-end head needs the statistics the cached path gets for free."""
+    import time
+
+    from transferflow.model import STANDARDIZE_LAYER
+    from transferflow.training import extract_features
+
+    started = time.monotonic()
+    features = extract_features(classifier, {"train": train}, batch_size)["train"]
+    classifier.get_layer(STANDARDIZE_LAYER).adapt_to(features)
+    logger.info("feature statistics measured on %d training images (%.1fs)", len(features),
+                time.monotonic() - started)
 
 
 def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, run_id: str,
@@ -160,6 +188,18 @@ def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, ru
     kept = keep_fine_tuned(head.metrics["val_accuracy"], tuned.metrics["val_accuracy"])
     logger.info(kept.reason)
     return FineTuneOutcome(tuned=tuned, kept=kept, chosen=tuned if kept.passed else head)
+
+
+def decide_fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome,
+                     logger=log) -> GateDecision:
+    """The fine-tuning gate on the head's validation accuracy, logged (a warning when it refuses
+    fine-tuning that was asked for, or when the head had not converged)."""
+    decision = fine_tune_gate(head.metrics["val_accuracy"], config.fine_tune_gate, config.fine_tune_epochs,
+                              val_counts=list(dataset.counts.get("val", {}).values()),
+                              history=head.metrics.get("history", {}), max_epochs=config.head_epochs)
+    quiet = decision.passed and decision.head_converged is not False or config.fine_tune_epochs == 0
+    (logger.info if quiet else logger.warning)("gate: %s", decision.reason)
+    return decision
 
 
 def plan_for(config: RetrainConfig, logger=log) -> ComputePlan:
@@ -196,7 +236,7 @@ def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: Backbone
     from transferflow.training import extract_features
 
     key = FeatureKey(dataset_uri=dataset.uri, dataset_fingerprint=dataset.fingerprint,
-                     backbone=backbone.name, image_size=config.image_size, precision=plan.precision,
+                     backbone=backbone.name, image_size=dataset.image_size, precision=plan.precision,
                      weights=weights_identity(config.weights, backbone.weights_sha256, config.seed),
                      keras=keras.__version__)
     stored = load_features(key)
@@ -285,7 +325,8 @@ def decide_promotion(config: RetrainConfig, dataset: DatasetRef, test: dict, log
     meta = registry.metadata(name, current["version"]) if current else None
     decision = promotion_gate(test["accuracy"], dataset.fingerprint, config.promote_min_accuracy,
                               config.promote_tolerance, config.auto_promote,
-                              (current["version"], meta) if meta else None)
+                              (current["version"], meta) if meta else None,
+                              test_counts=[c["support"] for c in test["per_class"].values()])
     logger.info("promotion: %s", decision.reason)
     return decision
 
@@ -336,9 +377,9 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         },
         "backbone": backbone.model_dump(),
         "classes": dataset.class_names,
-        "image_size": config.image_size,
+        "image_size": dataset.image_size,
         "preprocessing": {
-            "input": f"RGB pixel values 0-255, shape ({config.image_size}, {config.image_size}, 3)",
+            "input": f"RGB pixel values 0-255, shape ({dataset.image_size}, {dataset.image_size}, 3)",
             "resize": "bilinear with antialias to image_size x image_size",
             "in_model": backbone.preprocessing + " (a BackbonePreprocess layer inside the model)",
         },

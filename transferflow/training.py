@@ -201,16 +201,21 @@ def fit_head_on_features(classifier: keras.Model, train, val, *, epochs: int, le
 
     With the backbone frozen (and no augmentation), every epoch would feed the same
     images through the same backbone. Instead: run it once over train and val (or take
-    `features` computed earlier), train dropout -> dense on the pooled features, then copy
-    the dense weights back into the classifier. Same model, same math; the backbone's cost
-    is paid once, not per epoch.
+    `features` computed earlier), set the standardize layer from the train features, train
+    dropout -> dense on the standardised features, then copy the dense weights back into the
+    classifier. Same model, same math; the backbone's cost is paid once, not per epoch.
     """
+    from transferflow.model import STANDARDIZE_LAYER
+
     started = time.monotonic()
     if features is None:
         features = extract_features(classifier, {"train": train, "val": val}, batch_size)
         logger.info("backbone features computed once for %d train + %d val images (%.1fs); training "
                     "the head on them", len(features["train"]), len(features["val"]),
                     time.monotonic() - started)
+    standardize = classifier.get_layer(STANDARDIZE_LAYER)
+    standardized = {"train": standardize.adapt_to(features["train"]),
+                    "val": standardize.standardized(features["val"])}
     dense = classifier.get_layer("classifier")
     head = keras.Sequential([
         keras.Input((features["train"].shape[1],)),
@@ -218,8 +223,8 @@ def fit_head_on_features(classifier: keras.Model, train, val, *, epochs: int, le
         keras.layers.Dense(dense.units, activation="softmax", dtype="float32", name="classifier"),
     ])
     head.get_layer("classifier").set_weights(dense.get_weights())
-    metrics = fit_phase(head, "head", (features["train"], split_labels(train)),
-                        (features["val"], split_labels(val)),
+    metrics = fit_phase(head, "head", (standardized["train"], split_labels(train)),
+                        (standardized["val"], split_labels(val)),
                         epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                         patience=patience, seed=seed, logger=logger, on_epoch=on_epoch, **fit_options)
     dense.set_weights(head.get_layer("classifier").get_weights())

@@ -63,8 +63,8 @@ def test_show_unknown_model_is_a_clear_error(bucket):
 def test_bad_flag_values_are_refused_before_anything_runs(bucket):
     result = run_cli("train", "--image-size", "16", "--fine-tune-gate", "1.5")
     assert result.returncode == 1
-    assert "--image-size: Input should be greater than or equal to 32" in result.stderr
-    assert "--fine-tune-gate" in result.stderr
+    assert "--image-size: must be between 32 and 1024 pixels, or auto (got 16)" in result.stderr
+    assert "--fine-tune-gate: must be an accuracy between 0 and 1, or auto (got 1.5)" in result.stderr
     assert "Traceback" not in result.stderr
 
 

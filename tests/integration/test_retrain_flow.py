@@ -129,7 +129,8 @@ def test_gate_skips_fine_tuning_for_a_weak_head(prefect_server, bucket, s3_input
     assert "< gate 0.9900" in meta["gate"]["fine_tune"]["reason"]
     assert meta["metrics"]["fine_tune"] is None
     assert meta["gate"]["final_phase"] == "head"
-    assert meta["promotion"]["blessed"] is False and "< floor 0.5000" in meta["promotion"]["reason"]
+    assert meta["promotion"]["blessed"] is False and meta["promotion"]["floor_rule"] == "auto"
+    assert "not significantly above the majority-class baseline" in meta["promotion"]["reason"]
     assert "production" not in Registry().aliases("weak-head")
 
 

@@ -9,15 +9,18 @@ def test_defaults_are_the_documented_ones():
     assert config.dataset == "cifar10"
     assert config.backbone == "vgg16"
     assert config.weights == "imagenet"
-    assert config.fine_tune_learning_rate == 1e-5
-    assert config.fine_tune_blocks == 1
+    assert config.fine_tune_learning_rate == 1e-4
+    assert config.fine_tune_blocks == 2
+    assert config.image_size == config.fine_tune_gate == config.promote_min_accuracy == "auto"
     assert config.model_name is None and config.registry_name == "cifar10-vgg16"
 
 
 @pytest.mark.parametrize("field, value, fragment", [
-    ("image_size", 16, "greater than or equal to 32"),
-    ("fine_tune_gate", 1.5, "less than or equal to 1"),
-    ("fine_tune_gate", -0.1, "greater than or equal to 0"),
+    ("image_size", 16, "must be between 32 and 1024 pixels, or auto (got 16)"),
+    ("image_size", "big", "Input should be 'auto'"),
+    ("fine_tune_gate", 1.5, "must be an accuracy between 0 and 1, or auto (got 1.5)"),
+    ("fine_tune_gate", -0.1, "must be an accuracy between 0 and 1, or auto"),
+    ("promote_min_accuracy", 2, "must be an accuracy between 0 and 1, or auto"),
     ("head_epochs", 0, "greater than or equal to 1"),
     ("fine_tune_epochs", -1, "greater than or equal to 0"),
     ("head_learning_rate", 0, "greater than 0"),
@@ -31,6 +34,11 @@ def test_bad_values_are_refused_with_the_field_named(field, value, fragment):
         RetrainConfig(**{field: value})
     assert field in str(info.value)
     assert fragment in str(info.value)
+
+
+def test_numbers_given_as_text_are_parsed_and_auto_stays_a_word():
+    config = RetrainConfig(image_size="96", fine_tune_gate="0.3", promote_min_accuracy="auto")
+    assert (config.image_size, config.fine_tune_gate, config.promote_min_accuracy) == (96, 0.3, "auto")
 
 
 def test_unknown_parameters_are_refused():

@@ -9,7 +9,7 @@ import pytest
 
 from transferflow.backbones import get_spec
 from transferflow.compute import compute_scope, plan_compute
-from transferflow.model import build_classifier, rebuild_classifier, unfreeze_top_blocks
+from transferflow.model import STANDARDIZE_LAYER, build_classifier, rebuild_classifier, unfreeze_top_blocks
 from transferflow.samples import sample_image
 from transferflow.training import (
     balanced_class_weights,
@@ -69,6 +69,7 @@ def test_folded_model_predicts_what_the_cached_head_predicts(he_weights):
     fit_head_on_features(classifier, train, val, epochs=2, learning_rate=0.01, batch_size=8,
                          patience=2, seed=0, logger=QUIET)
     features = extract_features(classifier, {"val": val}, 8)["val"]
+    features = classifier.get_layer(STANDARDIZE_LAYER).standardized(features)
     kernel, bias = classifier.get_layer("classifier").get_weights()
     logits = features @ kernel + bias
     cached = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -82,7 +83,10 @@ def test_cached_and_end_to_end_heads_reach_the_same_accuracy(he_weights):
     train, val = small_data(30, 0), small_data(10, 1)
     settings = dict(epochs=8, learning_rate=1e-3, batch_size=16, patience=8, seed=0, logger=QUIET)
     cached = fit_head_on_features(classifier_from(he_weights, dropout=0.0), train, val, **settings)
-    end_to_end = fit_phase(classifier_from(he_weights, dropout=0.0), "head", train, val, **settings)
+    classifier = classifier_from(he_weights, dropout=0.0)
+    raw = extract_features(classifier, {"train": train}, 16)["train"]
+    classifier.get_layer(STANDARDIZE_LAYER).adapt_to(raw)
+    end_to_end = fit_phase(classifier, "head", train, val, **settings)
     assert cached.val_accuracy >= 0.7 and end_to_end.val_accuracy >= 0.7  # chance is 0.33
     assert abs(cached.val_accuracy - end_to_end.val_accuracy) <= 0.05
     np.testing.assert_allclose(cached.history["loss"], end_to_end.history["loss"], rtol=0.02)
@@ -152,3 +156,22 @@ def test_warmup_starts_low_peaks_after_an_epoch_and_decays():
 def test_balanced_class_weights_favour_the_rare_class():
     weights = balanced_class_weights(np.array([0] * 8 + [1] * 2, dtype=np.int32), 2)
     assert weights[1] == 4 * weights[0] and weights[0] * 8 + weights[1] * 2 == 10
+
+
+def test_the_head_trains_on_standardised_features_and_the_model_keeps_the_statistics(he_weights, tmp_path):
+    """Raw VGG16 features are large; the head sees them standardised, and the saved model applies
+    the same statistics to raw pixels."""
+    classifier = classifier_from(he_weights)
+    train, val = small_data(10, 0), small_data(4, 1)
+    raw = extract_features(classifier, {"train": train}, 8)["train"]
+    metrics = fit_head_on_features(classifier, train, val, epochs=1, learning_rate=1e-3, batch_size=8,
+                                   patience=1, seed=0, logger=QUIET)
+    standardized = classifier.get_layer(STANDARDIZE_LAYER).standardized(raw)
+    np.testing.assert_allclose(standardized.mean(axis=0), 0, atol=1e-3)
+    assert 0.8 < standardized.std(axis=0)[raw.std(axis=0) > 0].mean() <= 1.0
+    assert metrics.history["loss"][0] < 2 * np.log(3)  # near log(classes), not the raw features' 8-10
+    classifier.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    images = val[0].astype("float32")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), classifier.predict(images, verbose=0),
+                               atol=1e-6)

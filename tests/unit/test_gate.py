@@ -63,3 +63,44 @@ def test_a_different_dataset_is_said_in_the_decision():
 
     decision = promotion_gate(0.9, "a" * 64, 0.5, 0.0, True, production(fingerprint="b" * 64))
     assert decision.same_dataset is False and "not directly comparable" in decision.reason
+
+
+def test_auto_gate_fine_tunes_a_head_clearly_above_chance_for_any_number_of_classes():
+    ten = fine_tune_gate(0.39, "auto", 3, val_counts=[50] * 10, history={"val_loss": [2, 1.9, 1.89]},
+                         max_epochs=3)
+    assert ten.passed and ten.rule == "auto" and ten.threshold == 0.1 and ten.p_value < 1e-10
+    assert "significantly above the majority-class baseline 0.1000" in ten.reason
+    hundred = fine_tune_gate(0.05, "auto", 3, val_counts=[5] * 100, history={}, max_epochs=3)
+    assert hundred.passed, hundred.reason  # 25/500 against 1%: a 5x gain is real
+    coin = fine_tune_gate(0.55, "auto", 3, val_counts=[10, 10], history={}, max_epochs=3)
+    assert not coin.passed and coin.p_value > 0.01  # 11/20 on two classes is a coin's luck
+    assert "not significantly above" in coin.reason and "--fine-tune-gate 0" in coin.reason
+
+
+def test_auto_gate_baseline_is_the_majority_class_not_uniform_chance():
+    skewed = fine_tune_gate(0.9, "auto", 3, val_counts=[90, 10], history={}, max_epochs=3)
+    assert skewed.threshold == 0.9 and not skewed.passed  # always answering "class 0" scores 0.9
+
+
+def test_auto_gate_records_whether_the_head_converged():
+    stopped = fine_tune_gate(0.8, "auto", 3, val_counts=[50] * 4, history={"val_loss": [1, 0.5, 0.6]},
+                             max_epochs=10)
+    assert stopped.head_converged and "early stopping ended it after 3 of 10 epochs" in stopped.reason
+    falling = fine_tune_gate(0.8, "auto", 3, val_counts=[50] * 4, history={"val_loss": [1, 0.8, 0.6]},
+                             max_epochs=3)
+    assert falling.passed and falling.head_converged is False
+    assert "had not converged" in falling.reason and "still falling (-25.0%" in falling.reason
+    flat = fine_tune_gate(0.8, "auto", 3, val_counts=[50] * 4, history={"val_loss": [1, 0.6, 0.598]},
+                          max_epochs=3)
+    assert flat.head_converged
+
+
+def test_auto_promotion_floor_is_relative_to_the_test_split():
+    from transferflow.gate import promotion_gate
+
+    ten_classes = promotion_gate(0.36, "f" * 64, "auto", 0.0, True, None, test_counts=[10] * 10)
+    assert ten_classes.blessed and ten_classes.floor_rule == "auto" and ten_classes.min_accuracy == 0.1
+    assert ten_classes.floor_p_value < 0.01 and "significantly above" in ten_classes.reason
+    two_classes = promotion_gate(0.55, "f" * 64, "auto", 0.0, True, None, test_counts=[10, 10])
+    assert not two_classes.blessed and two_classes.action == "none"
+    assert "not significantly above the majority-class baseline 0.5000" in two_classes.reason
