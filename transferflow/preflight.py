@@ -35,9 +35,10 @@ def check_dataset(dataset: str, label: str = "dataset") -> None:
     from transferflow.builtins import BUILTINS
 
     if dataset in BUILTINS:
-        return
-    if dataset.startswith(("http://", "https://")):
+        _check_origin_resolves(dataset, label)
+    elif dataset.startswith(("http://", "https://")):
         _check_archive_url(dataset, label)
+        _check_origin_resolves(dataset, label)
     elif dataset.startswith("s3://"):
         _check_s3_prefix(dataset, label)
     elif SCHEME_RE.match(dataset) and not dataset.startswith("file://"):
@@ -68,6 +69,35 @@ def _check_archive_url(url: str, label: str) -> None:
     if not parts.path.lower().endswith(ARCHIVE_SUFFIXES):
         raise DatasetError(f"{label} {redact(url)} is not an archive URL (.tar.gz, .tgz, .tar, .zip): "
                            "point it at the archive file itself")
+
+
+def _check_origin_resolves(dataset: str, label: str) -> None:
+    """A remote source that is not mirrored yet needs its origin: refuse a host that does not
+    resolve (permanently) now, not after Prefect's start-up and a failed download stage.
+    Mirrored sources pass: workers without internet read the mirror."""
+    import socket
+
+    from transferflow.data import remote_source
+    from transferflow.downloads import PERMANENT_DNS
+    from transferflow.errors import PermanentDownloadError
+
+    remote = remote_source(dataset)
+    try:
+        if storage.get_json(storage.bucket_name(), remote.index_key()) is not None:
+            return
+    except StorageError:
+        return  # no bucket yet, or no store: the storage check reports that
+    for file in remote.files:
+        host = urllib.parse.urlsplit(file.url).hostname
+        try:
+            socket.getaddrinfo(host, None)
+        except socket.gaierror as exc:
+            if exc.errno in PERMANENT_DNS:
+                raise PermanentDownloadError(
+                    f"{label} {remote.shown}: cannot resolve host {host}: permanent, not retried. It is "
+                    f"not mirrored in s3://{storage.bucket_name()} either: without internet, run "
+                    f"`transferflow datasets prefetch {remote.shown}` where there is internet, or pass "
+                    "a local folder or an s3:// copy") from None
 
 
 def _check_s3_prefix(uri: str, label: str) -> None:

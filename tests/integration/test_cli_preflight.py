@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
@@ -29,12 +28,11 @@ def without_tf_log_level(**extra: str) -> dict[str, str]:
 def test_a_missing_local_dataset_is_refused_in_seconds(s3_server, tmp_path):
     missing = tmp_path / "no-such-folder"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": ""}
-    started = time.monotonic()
     result = cli("train", "--dataset", str(missing), "--weights", "none", env=env, timeout=60)
-    elapsed = time.monotonic() - started
     assert result.returncode == 1, result.stderr[-2000:]
     assert f"error: --dataset '{missing}' does not exist: pass a built-in name (cifar10" in result.stderr
-    assert elapsed < 3, f"refused after {elapsed:.1f}s"
+    # How fast: bench/refusal_bench.py. Here: refused before the flow, so no Prefect run log.
+    assert "Beginning flow run" not in result.stdout + result.stderr
 
 
 def write_weights(path, keep_bytes: int | None = None):
@@ -72,21 +70,20 @@ def test_inputs_knowable_before_the_flow_are_refused_without_loading_prefect_or_
     ]
     runs = [["train", *flags] + ([] if "--dataset" in flags else ["--dataset", str(sample_dataset)])
             + ([] if "--weights" in flags else ["--weights", "none"]) for flags, _ in cases]
-    probe = ("import contextlib, io, json, sys, time\nfrom transferflow.cli import main\nout = []\n"
+    probe = ("import contextlib, io, json, sys\nfrom transferflow.cli import main\nout = []\n"
              f"for argv in {runs!r}:\n"
-             "    err, started = io.StringIO(), time.monotonic()\n"
+             "    err = io.StringIO()\n"
              "    with contextlib.redirect_stderr(err):\n"
              "        code = main(argv)\n"
-             "    out.append([code, err.getvalue(), time.monotonic() - started])\n"
+             "    out.append([code, err.getvalue()])\n"
              "heavy = [m for m in ('tensorflow', 'keras', 'prefect') if m in sys.modules]\n"
              "print(json.dumps({'runs': out, 'heavy': heavy}))\n")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.splitlines()[-1])
-    for (flags, phrase), (code, err, seconds) in zip(cases, report["runs"], strict=True):
+    for (flags, phrase), (code, err) in zip(cases, report["runs"], strict=True):
         assert code == 1 and phrase in err, (flags, err)
-        assert seconds < 3, (flags, seconds)
-    assert report["heavy"] == []
+    assert report["heavy"] == []  # refused before TensorFlow or Prefect loaded: in about a second
     assert [o["Key"] for o in storage.list_keys(bucket, "")] == ["other/x.png"]  # nothing ran
 
 

@@ -85,3 +85,25 @@ def test_checks_of_several_fields_name_flags_on_the_command_line():
 def test_as_flags_rewrites_field_names_only():
     assert cli.as_flags("set image_size, not --image-size or image_sizes; dataset stays a word") == (
         "set --image-size, not --image-size or image_sizes; dataset stays a word")
+
+
+def test_an_unmirrored_source_on_a_host_that_does_not_resolve_is_refused_before_the_flow(monkeypatch):
+    import socket
+
+    from transferflow import storage
+    from transferflow.errors import PermanentDownloadError
+    from transferflow.preflight import check_dataset
+
+    monkeypatch.setattr(storage, "get_json", lambda bucket, key: None)  # nothing mirrored
+    with pytest.raises(PermanentDownloadError, match=r"--dataset http://example.invalid/x.tar.gz: cannot "
+                       r"resolve host example.invalid: permanent, not retried. It is not mirrored"):
+        check_dataset("http://example.invalid/x.tar.gz", "--dataset")
+
+    def offline(host, port):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    with pytest.raises(PermanentDownloadError, match="cifar10: cannot resolve host www.cs.toronto.edu"):
+        check_dataset("cifar10", "--dataset")
+    monkeypatch.setattr(storage, "get_json", lambda bucket, key: ({"fingerprint": "f"}, "etag"))
+    check_dataset("cifar10", "--dataset")  # mirrored: workers without internet train from the mirror
