@@ -1,20 +1,24 @@
-"""Training checkpoints in object storage, so a preempted or retried phase resumes.
+"""Training checkpoints in object storage, so a preempted or retried phase resumes exactly.
 
-`S3Checkpoint` is Keras's BackupAndRestore (weights and optimizer state, epoch) with the
-backup mirrored to s3://…/runs/<run_id>/checkpoints/<phase>/ after every save, plus what
-BackupAndRestore does not keep: the phase's history so far, its seed, and the early-
-stopping state (best loss, patience used, best weights). A new attempt with the same run
-id finds the pointer `checkpoint.json` (written last, so it always names complete files)
-and continues from there instead of starting over.
+`S3Checkpoint` saves, every epoch or every N steps, to s3://…/runs/<run_id>/checkpoints/<phase>/:
+the weights and optimizer state, the random state of the layers (dropout, augmentation), the
+running training metrics, the phase's history so far and the early-stopping state (best loss,
+patience used, best weights). The pointer `checkpoint.json` is written last, so it always names
+complete files; it says where training stood: `epoch` whole epochs and `step` batches of the next.
+
+A new attempt with the same run id continues from there and sees what an uninterrupted run would
+have seen: an epoch's order depends only on (seed, epoch) (`training.train_batches`), so the
+interrupted epoch is rebuilt and its first `step` batches are skipped. Keras's BackupAndRestore
+cannot do this: it saves the batch but restarts the epoch from its first batch on resume.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -26,45 +30,114 @@ log = logging.getLogger(__name__)
 POINTER = "checkpoint.json"
 
 
-class S3Checkpoint(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose backups live in object storage (keeps the newest `keep`)."""
+class ResumePoint(NamedTuple):
+    """Where training stands: after `epoch` whole epochs and `step` batches of the next."""
 
-    def __init__(self, uri: str, phase: str, seed: int, save_freq="epoch", keep: int = 2,
-                 early_stopping: keras.callbacks.EarlyStopping | None = None, logger=log):
+    epoch: int = 0
+    step: int = 0
+
+
+class EndResumedEpoch(keras.callbacks.Callback):
+    """Ends the first epoch of a run resumed mid-epoch after the batches it had left.
+
+    Keras runs every epoch steps_per_epoch long and has no initial step. This stops the batch
+    loop after `remaining` batches, and clears the stop at the epoch's end, before any other
+    callback (EarlyStopping) decides whether training ends: it must come first in the list.
+    """
+
+    def __init__(self, remaining: int):
+        super().__init__()
+        self.remaining, self._stopped = remaining, False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.remaining and batch + 1 == self.remaining and not self.model.stop_training:
+            self.model.stop_training = self._stopped = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.remaining = 0
+        if self._stopped:
+            self.model.stop_training = self._stopped = False
+
+
+class S3Checkpoint(keras.callbacks.Callback):
+    """Checkpoints in object storage every epoch, or every `every_steps` steps (keeps the newest
+    `keep`); a new attempt resumes from the newest at the very step it was taken."""
+
+    def __init__(self, uri: str, phase: str, seed: int, steps_per_epoch: int, every_steps: int = 0,
+                 keep: int = 2, early_stopping: keras.callbacks.EarlyStopping | None = None, logger=log):
+        super().__init__()
         self._local = tempfile.TemporaryDirectory(prefix="transferflow-ckpt-")
-        super().__init__(self._local.name, save_freq=save_freq, delete_checkpoint=False,
-                         double_checkpoint=False)
         self.location = storage.parse_s3_uri(uri.rstrip("/"))
-        self.phase, self.seed, self.keep, self.logger = phase, seed, max(1, keep), logger
+        self.phase, self.seed, self.steps_per_epoch = phase, seed, steps_per_epoch
+        self.every_steps, self.keep, self.logger = every_steps, max(1, keep), logger
         self.early_stopping = early_stopping  # its state is saved and restored with the weights
         self.history: dict[str, list[float]] = {}  # every finished epoch, restored ones included
         self.resumed_from: int | None = None
-        self._saves = 0
+        self._pointer: dict | None = None
+        self._start: ResumePoint | None = None
+        self._position = ResumePoint()
+        self._unsaved = 0  # steps since the last save
+        self._saved_metrics: list[np.ndarray] | None = None  # added after the first resumed batch
 
     # ---------------------------------------------------------------- restore
 
+    def resume_point(self) -> ResumePoint:
+        """Where the newest checkpoint left off ((0, 0) without one). Read before fit(), so that
+        the input pipeline can start there."""
+        if self._start is None:
+            found = storage.get_json(self.location.bucket, f"{self.location.key}/{POINTER}")
+            self._pointer = found[0] if found else None
+            self._start = self._resumable(self._pointer) if self._pointer else ResumePoint()
+        return self._start
+
+    def _resumable(self, state: dict) -> ResumePoint:
+        step = state.get("step", 0)
+        if step and state.get("steps_per_epoch") != self.steps_per_epoch:
+            self.logger.warning("%s: the checkpoint at %s was taken at %s steps an epoch and this run "
+                                "has %d (another batch size?): its epoch %d starts again from its first "
+                                "batch", self.phase, self.location.uri, state.get("steps_per_epoch"),
+                                self.steps_per_epoch, state["epoch"] + 1)
+            step = 0
+        return ResumePoint(state["epoch"], step)
+
     def on_train_begin(self, logs=None):
-        state = self._fetch()
-        super().on_train_begin(logs)  # loads the fetched weights and optimizer, sets the epoch
+        start = self.resume_point()
+        self._position, state = start, self._pointer
         if state is None:
             return
+        self._restore_model(state, mid_epoch=start.step > 0)
         self.resumed_from = state["epoch"]
         self.history = {k: list(v) for k, v in state["history"].items()}
         self._restore_early_stopping(state)
-        keras.utils.set_random_seed(self.seed + state["epoch"])
-        self.logger.info("%s: resuming from the checkpoint after epoch %d (step %d) at %s", self.phase,
-                         state["epoch"], state["batch"], self.location.uri)
+        within = f" and {start.step} steps of epoch {start.epoch + 1}" if start.step else ""
+        self.logger.info("%s: resuming from the checkpoint after epoch %d%s at %s", self.phase,
+                         state["epoch"], within, self.location.uri)
 
-    def _fetch(self) -> dict | None:
-        found = storage.get_json(self.location.bucket, f"{self.location.key}/{POINTER}")
-        if found is None:
-            return None
-        state = found[0]
-        storage.download_file(self.location.bucket, f"{self.location.key}/{state['weights']}",
-                              Path(self._weights_path))
-        Path(self._training_metadata_path).write_text(json.dumps({"epoch": state["epoch"],
-                                                                 "batch": state["batch"]}))
-        return state
+    def _restore_model(self, state: dict, mid_epoch: bool) -> None:
+        path = Path(self._local.name) / "restore.weights.h5"
+        storage.download_file(self.location.bucket, f"{self.location.key}/{state['weights']}", path)
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)  # so its state can load
+        self.model.load_weights(path)
+        if not state.get("state"):  # a checkpoint from before random state was kept
+            return
+        with np.load(self._download(state["state"]), allow_pickle=False) as arrays:
+            saved = {name: [arrays[f"{name}{i}"] for i in range(int(arrays[f"{name}_count"]))]
+                     for name in ("random", "metrics")}
+        self._assign(random_state(self.model), saved["random"], "random state")
+        self._saved_metrics = saved["metrics"] if mid_epoch and saved["metrics"] else None
+
+    def _assign(self, variables: list, values: list[np.ndarray], what: str) -> None:
+        if len(variables) != len(values):
+            self.logger.warning("%s: the checkpoint's %s does not fit this model (%d values for %d "
+                                "variables); it is not restored", self.phase, what, len(values),
+                                len(variables))
+            return
+        for variable, value in zip(variables, values, strict=True):
+            variable.assign(value)
+
+    def _download(self, name: str) -> Path:
+        return storage.cached_download(f"s3://{self.location.bucket}/{self.location.key}/{name}")
 
     def _restore_early_stopping(self, state: dict) -> None:
         stopper = self.early_stopping
@@ -73,36 +146,71 @@ class S3Checkpoint(keras.callbacks.BackupAndRestore):
         saved = state["early_stopping"]
         stopper.wait, stopper.best, stopper.best_epoch = saved["wait"], saved["best"], saved["best_epoch"]
         if saved.get("best_weights"):
-            path = storage.cached_download(f"s3://{self.location.bucket}/{self.location.key}/"
-                                           f"{saved['best_weights']}")
-            with np.load(path, allow_pickle=False) as arrays:
+            with np.load(self._download(saved["best_weights"]), allow_pickle=False) as arrays:
                 stopper.best_weights = [arrays[f"w{i}"] for i in range(len(arrays.files))]
 
     # ---------------------------------------------------------------- save
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._position = ResumePoint(self._position.epoch, self._position.step + 1)
+        if self._saved_metrics is not None:  # the resumed epoch's metrics count its earlier batches
+            self._add_saved_metrics()
+        self._unsaved += 1
+        # a save due on an epoch's last batch waits for the epoch's end, after validation
+        if self.every_steps and self._unsaved >= self.every_steps \
+                and self._position.step < self.steps_per_epoch:
+            self._save_model()
+
+    def _add_saved_metrics(self) -> None:
+        """Loss and accuracy are means, kept as totals and counts: the saved ones add up."""
+        variables, saved = self.model.metrics_variables, self._saved_metrics
+        if len(variables) == len(saved):
+            saved = [v.numpy() + earlier for v, earlier in zip(variables, saved, strict=True)]
+        self._assign(variables, saved, "metrics")  # warns, and keeps this run's own, on a mismatch
+        self._saved_metrics = None
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             if isinstance(value, (int, float, np.floating)):
                 self.history.setdefault(key, []).append(float(value))
-        super().on_epoch_end(epoch, logs)  # saves, when saving per epoch
+        self._position = ResumePoint(epoch + 1, 0)
+        if not self.every_steps or self._unsaved >= self.every_steps:
+            self._save_model()
 
-    def _save_model(self):
-        super()._save_model()
-        self._saves += 1
-        name = f"{self.phase}-e{self._current_epoch:04d}-s{self._saves:05d}"
+    def _save_model(self) -> None:
+        epoch, step = self._position
+        name = f"{self.phase}-e{epoch:04d}-s{step:06d}"  # sorts in training order, across attempts
         bucket, prefix = self.location.bucket, self.location.key
-        storage.upload_file(Path(self._weights_path), bucket, f"{prefix}/{name}.weights.h5")
-        state = {"phase": self.phase, "epoch": self._current_epoch, "batch": self._last_batch_seen,
-                 "seed": self.seed, "weights": f"{name}.weights.h5", "history": self.history,
-                 "early_stopping": self._early_stopping_state(name)}
+        weights = Path(self._local.name) / "latest.weights.h5"
+        self.model.save_weights(weights, overwrite=True)
+        storage.upload_file(weights, bucket, f"{prefix}/{name}.weights.h5")
+        storage.put_bytes(bucket, f"{prefix}/{name}.state.npz", self._state_arrays(mid_epoch=step > 0),
+                          "application/octet-stream")
+        state = {"phase": self.phase, "epoch": epoch, "step": step, "steps_per_epoch": self.steps_per_epoch,
+                 "seed": self.seed, "weights": f"{name}.weights.h5", "state": f"{name}.state.npz",
+                 "history": self.history, "early_stopping": self._early_stopping_state(name)}
         storage.put_json(bucket, f"{prefix}/{POINTER}", state)  # last: it names complete files
+        self._unsaved = 0
         self._prune(name)
+
+    def _state_arrays(self, mid_epoch: bool) -> bytes:
+        """The layers' random state, and mid-epoch the running metrics, as one .npz."""
+        groups = {"random": random_state(self.model),
+                  "metrics": self.model.metrics_variables if mid_epoch else []}
+        arrays = {}
+        for name, variables in groups.items():
+            arrays[f"{name}_count"] = np.array(len(variables))
+            arrays.update({f"{name}{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)})
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
 
     def _early_stopping_state(self, name: str) -> dict | None:
         stopper = self.early_stopping
         if stopper is None:
             return None
-        state = {"wait": int(stopper.wait), "best": float(stopper.best),
+        best = None if stopper.best is None else float(stopper.best)  # None before the first epoch ends
+        state = {"wait": int(stopper.wait), "best": best,
                  "best_epoch": int(stopper.best_epoch), "best_weights": None}
         if stopper.best_weights is not None:
             buffer = io.BytesIO()
@@ -119,10 +227,16 @@ class S3Checkpoint(keras.callbacks.BackupAndRestore):
                         for obj in storage.list_keys(self.location.bucket, prefix)} - {"checkpoint"})
         for stale in names[:-self.keep]:
             if stale != newest:
-                for suffix in (".weights.h5", ".best.npz"):
+                for suffix in (".weights.h5", ".state.npz", ".best.npz"):
                     key = f"{prefix}{stale}{suffix}"
                     storage.client().delete_object(Bucket=self.location.bucket, Key=key)
 
     def on_train_end(self, logs=None):
-        super().on_train_end(logs)
         self._local.cleanup()
+
+
+def random_state(model: keras.Model) -> list:
+    """The state of the model's random generators (dropout, augmentation): not in its weights
+    file, and without it a resumed run would draw other dropout masks than an uninterrupted one."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]

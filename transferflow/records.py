@@ -47,21 +47,37 @@ class StreamSplit:
         return [str(storage.cached_download(uri)) for uri in self.shards]
 
     def dataset(self, batch_size: int, shuffle: bool, seed: int):
-        """Batches of (float32 pixels, int32 label), streamed from the shards."""
+        """Batches of (float32 pixels, int32 label), streamed from the shards: in order, or shuffled
+        as the first training epoch."""
         import tensorflow as tf
 
+        if shuffle:
+            return self.epoch_batches(batch_size, seed, 0).prefetch(tf.data.AUTOTUNE)
         files = tf.data.Dataset.from_tensor_slices(self.local_shards())
-        if not shuffle:  # evaluation: the shards in order, read ahead in the background
-            records = tf.data.TFRecordDataset(files, buffer_size=8 << 20)
-        else:  # training: shard order shuffled, several shards read at once, records mixed
-            files = files.shuffle(len(self.shards), seed=seed, reshuffle_each_iteration=True)
-            records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(self.shards)),
-                                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            records = records.shuffle(self.shuffle_buffer(), seed=seed, reshuffle_each_iteration=True)
+        records = tf.data.TFRecordDataset(files, buffer_size=8 << 20)  # read ahead in the background
+        return self._batches(records, batch_size).prefetch(tf.data.AUTOTUNE)
+
+    def epoch_batches(self, batch_size: int, seed: int, epoch):
+        """One training epoch: shard order shuffled, several shards read at once, records mixed in a
+        bounded buffer. Every random choice is seeded from (seed, epoch) and the reads are
+        deterministic, so with the same global seed (fit_phase sets it to `seed`) the same epoch
+        gives the same order in any process: a resumed run skips exactly the batches it saw."""
+        import tensorflow as tf
+
+        epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
+        files = tf.data.Dataset.from_tensor_slices(self.local_shards())
+        files = files.shuffle(len(self.shards), seed=epoch_seed, reshuffle_each_iteration=False)
+        records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(self.shards)),
+                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        records = records.shuffle(self.shuffle_buffer(), seed=epoch_seed, reshuffle_each_iteration=False)
+        return self._batches(records, batch_size)
+
+    def _batches(self, records, batch_size: int):
+        import tensorflow as tf
+
         size = self.image_size
         records = records.apply(tf.data.experimental.assert_cardinality(len(self)))  # Keras knows the steps
-        return (records.map(lambda r: _parse(r, size), num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        return records.map(lambda r: _parse(r, size), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
 
 
 def _parse(record, size: int):

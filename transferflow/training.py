@@ -32,13 +32,14 @@ class PhaseMetrics:
     seconds: float
     history: dict[str, list[float]] = field(default_factory=dict)
     resumed_from_epoch: int | None = None  # set when a checkpoint of an earlier attempt was used
+    class_weight: dict[str, float] | None = None  # the loss weight of each class index, if balanced
 
     def as_dict(self) -> dict:
         return {"resumed_from_epoch": self.resumed_from_epoch,
             "phase": self.phase, "epochs_run": self.epochs_run,
             "val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
             "train_accuracy": self.train_accuracy, "seconds": round(self.seconds, 2),
-            "history": self.history,
+            "history": self.history, "class_weight": self.class_weight,
         }
 
 
@@ -88,7 +89,8 @@ def split_labels(split) -> np.ndarray:
 
 
 def split_dataset(split, batch_size: int, shuffle: bool, seed: int):
-    """Batches of (float32 pixels, label) from an in-memory (x, y) pair or a streamed split."""
+    """Batches of (float32 pixels, label) from an in-memory (x, y) pair or a streamed split;
+    shuffled, it is the first training epoch of `train_batches`."""
     if hasattr(split, "dataset"):
         return split.dataset(batch_size, shuffle, seed)
     return make_dataset(*split, batch_size, shuffle, seed)
@@ -98,12 +100,46 @@ def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle: bool, s
     """A tf.data pipeline of float32 pixel batches."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
-        ds = ds.shuffle(min(len(x), 10_000), seed=seed, reshuffle_each_iteration=True)
+        return array_epochs(x, y)(batch_size, seed, 0).prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
     ds = ds.batch(batch_size).map(lambda a, b: (tf.cast(a, tf.float32), b),
                                   num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def array_epochs(x: np.ndarray, y: np.ndarray):
+    """`epoch_batches(batch_size, seed, epoch)` for in-memory arrays: each epoch a full permutation
+    drawn from (seed, epoch) by a stateless shuffle, gathered a batch at a time (no shuffle buffer)."""
+    import tensorflow as tf
+
+    images, labels = tf.constant(x), tf.constant(y)
+
+    def epoch_batches(batch_size: int, seed: int, epoch):
+        key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+        order = tf.random.experimental.stateless_shuffle(tf.range(len(y), dtype=tf.int64), seed=key)
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(
+            lambda index: (tf.cast(tf.gather(images, index), tf.float32), tf.gather(labels, index)),
+            num_parallel_calls=tf.data.AUTOTUNE)
+
+    return epoch_batches
+
+
+def train_batches(split, batch_size: int, seed: int, epochs: int, start: tuple[int, int] = (0, 0)):
+    """Every training batch of epochs start[0]..epochs-1 as one stream, less the first start[1]
+    batches of the first: what a run resumed at (epoch, step) has left to see.
+
+    An epoch's order is a function of (seed, epoch) alone, not of how often a tf.data iterator
+    was started, so a new process rebuilds the order of the epoch it resumes. Read it with
+    fit(steps_per_epoch=...), which keeps one iterator across epochs.
+    """
+    import tensorflow as tf
+
+    first_epoch, skip = start
+    epoch_batches = split.epoch_batches if hasattr(split, "epoch_batches") else array_epochs(*split)
+    stream = tf.data.Dataset.range(first_epoch, epochs).flat_map(
+        lambda epoch: epoch_batches(batch_size, seed, epoch))
+    return stream.skip(skip).prefetch(tf.data.AUTOTUNE)
 
 
 def compile_for(model: keras.Model, learning_rate, jit_compile: bool = False) -> None:
@@ -146,7 +182,8 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
 
     `batch_size` is the global batch (all replicas together). With `checkpoint_uri`, the
     phase checkpoints there every epoch (or every `checkpoint_every_steps` steps) and a new
-    attempt resumes from the last checkpoint.
+    attempt resumes from the last checkpoint at the step it was taken: it skips the batches
+    of that epoch already trained on, so it sees what an uninterrupted run sees.
     """
     keras.utils.set_random_seed(seed)
     steps = math.ceil(len(split_labels(train)) / batch_size)
@@ -155,17 +192,20 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
     callbacks = [keras.callbacks.TerminateOnNaN(), stopper,
                  ProgressLog(logger, phase, epochs, steps, on_epoch=on_epoch)]
-    checkpoint = None
+    checkpoint, start = None, (0, 0)
     if checkpoint_uri:
-        from transferflow.checkpoints import S3Checkpoint
+        from transferflow.checkpoints import EndResumedEpoch, S3Checkpoint
 
-        checkpoint = S3Checkpoint(checkpoint_uri, phase, seed, checkpoint_every_steps or "epoch",
+        checkpoint = S3Checkpoint(checkpoint_uri, phase, seed, steps, checkpoint_every_steps,
                                   checkpoint_keep, early_stopping=stopper, logger=logger)
         callbacks.append(checkpoint)  # after EarlyStopping: it restores that callback's state
+        start = checkpoint.resume_point()
+        if start[1]:  # first: it must undo its own stop before EarlyStopping decides
+            callbacks.insert(0, EndResumedEpoch(steps - start[1]))
     started = time.monotonic()
     history = model.fit(
-        split_dataset(train, batch_size, True, seed),
-        validation_data=split_dataset(val, batch_size, False, seed),
+        train_batches(train, batch_size, seed, epochs, start), steps_per_epoch=steps,
+        initial_epoch=start[0], validation_data=split_dataset(val, batch_size, False, seed),
         epochs=epochs, verbose=0, class_weight=class_weight, shuffle=False,  # the dataset shuffles
         callbacks=callbacks,
     ).history
@@ -182,6 +222,7 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
         seconds=time.monotonic() - started,
         history={k: [round(float(v), 5) for v in vals] for k, vals in history.items()},
         resumed_from_epoch=checkpoint.resumed_from if checkpoint is not None else None,
+        class_weight={str(c): round(w, 5) for c, w in class_weight.items()} if class_weight else None,
     )
 
 

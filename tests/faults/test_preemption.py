@@ -9,6 +9,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 from transferflow import storage
 from transferflow.checkpoints import POINTER
@@ -103,3 +104,83 @@ def test_sigkill_mid_epoch_then_rerun_resumes(bucket, sample_dataset, random_wei
     from transferflow.registry import Registry
 
     assert "VERSION 1" in rerun.stdout and Registry().versions("preempted") == [1]  # registered once
+
+
+# ------------------------------------------------- an exact resume from a mid-epoch checkpoint
+
+N_TRAIN, BATCH, EPOCHS, EVERY = 60, 8, 3, 3  # 8 steps an epoch (the last one of 4 images)
+
+
+def id_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tiny 4 px images whose first pixel is the example's id, and random labels."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(n)
+    return images, rng.integers(0, 3, n).astype(np.int32)
+
+
+def recording_model(seen: list, fail_at_step: int | None = None):
+    """A small classifier with dropout that appends the ids of every training batch it is given
+    to `seen`, and fails (as a preempted worker would) when given batch number `fail_at_step`."""
+    import keras
+    import tensorflow as tf
+
+    def record(ids):
+        if fail_at_step is not None and len(seen) + 1 == fail_at_step:
+            raise RuntimeError("preempted")
+        seen.append(ids.numpy().astype(int).tolist())
+        return ids
+
+    class Record(keras.layers.Layer):
+        def call(self, x, training=None):
+            if training:
+                tf.py_function(record, [x[:, 0, 0, 0]], tf.float32)
+            return x
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((4, 4, 3)), Record(), keras.layers.Rescaling(1 / 255),
+                             keras.layers.Flatten(), keras.layers.Dropout(0.3),
+                             keras.layers.Dense(3, activation="softmax")])
+
+
+def streamed(images: np.ndarray, labels: np.ndarray, bucket: str, monkeypatch):
+    from transferflow import records
+
+    monkeypatch.setattr(records, "SHARD_BYTES", 20 * images[0].nbytes)  # 3 shards
+    shards, stored = records.write_split([(images, labels)], bucket, "datasets/ids", "train")
+    return records.StreamSplit(shards, stored, image_size=4)
+
+
+@pytest.mark.parametrize("source", ["in memory", "streamed"])
+def test_a_run_resumed_mid_epoch_sees_what_an_uninterrupted_run_sees(bucket, monkeypatch, source):
+    train, val = id_images(N_TRAIN, 0), id_images(12, 1)
+    if source == "streamed":
+        train = streamed(*train, bucket, monkeypatch)
+    settings = dict(epochs=EPOCHS, learning_rate=0.01, batch_size=BATCH, patience=EPOCHS, seed=7,
+                    checkpoint_every_steps=EVERY, logger=logging.getLogger("exact"))
+
+    straight_seen = []
+    straight_model = recording_model(straight_seen)
+    straight = fit_phase(straight_model, "head", train, val,
+                         checkpoint_uri=f"s3://{bucket}/runs/straight/checkpoints/head", **settings)
+
+    uri = f"s3://{bucket}/runs/interrupted/checkpoints/head"
+    first_seen = []
+    with pytest.raises(Exception, match="preempted"):  # the 14th step: epoch 2, step 6
+        fit_phase(recording_model(first_seen, fail_at_step=14), "head", train, val, checkpoint_uri=uri,
+                  **settings)
+    pointer = storage.get_json(bucket, f"runs/interrupted/checkpoints/head/{POINTER}")[0]
+    assert (pointer["epoch"], pointer["step"]) == (1, 4)  # saved at steps 3, 6, 9 and 12 (epoch 2, step 4)
+
+    resumed_seen = []
+    resumed_model = recording_model(resumed_seen)  # a new process would build a fresh model
+    resumed = fit_phase(resumed_model, "head", train, val, checkpoint_uri=uri, **settings)
+
+    assert len(straight_seen) == EPOCHS * 8
+    assert first_seen[:12] + resumed_seen == straight_seen  # the same batches, in the same order
+    assert len(resumed_seen) == EPOCHS * 8 - 12  # nothing after the checkpoint is seen twice
+    for mine, theirs in zip(resumed_model.get_weights(), straight_model.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=1e-6)  # the same dropout masks, too
+    assert resumed.resumed_from_epoch == 1 and resumed.epochs_run == EPOCHS
+    for key, values in straight.history.items():  # epoch 2's loss counts its first 4 steps too
+        np.testing.assert_allclose(resumed.history[key], values, rtol=1e-5, err_msg=key)
