@@ -81,7 +81,9 @@ def prepare_options(config: RetrainConfig) -> PrepareOptions:
 
 def dataset_cache_key(config: RetrainConfig) -> str | None:
     """What an orchestrator may cache the dataset stage under: the source's signature, the
-    preparation options and the store. None when the source cannot be identified cheaply."""
+    preparation options and the store (its endpoint, bucket and id, so a wiped store is not
+    taken for the one the cached result points into). None when the source cannot be
+    identified cheaply."""
     import hashlib
 
     from transferflow.data import PREPARED_FORMAT, source_signature
@@ -92,7 +94,7 @@ def dataset_cache_key(config: RetrainConfig) -> str | None:
     options = prepare_options(config)
     parts = [signature, options.image_size, options.auto_bounds, options.val_fraction, options.test_fraction,
              options.seed, options.max_bad_fraction, options.stream_threshold_mb, PREPARED_FORMAT,
-             storage.endpoint_label(), storage.bucket_name()]
+             storage.endpoint_label(), storage.bucket_name(), storage.store_id(storage.bucket_name())]
     return "dataset-" + hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,22 @@ def put_json(bucket: str, key: str, document: Any, *, if_none_match: bool = Fals
         response = client().put_object(
             Bucket=bucket, Key=key, Body=body, ContentType="application/json", **extra)
     return response["ETag"]
+
+
+STORE_ID_KEY = "_transferflow/store.json"
+
+
+def store_id(bucket: str) -> str:
+    """A random id written into the bucket the first time it is asked for: it changes when the
+    store or bucket is wiped, so caches kept outside the store (Prefect's) can tell."""
+    found = get_json(bucket, STORE_ID_KEY)
+    if found is None:
+        try:
+            put_json(bucket, STORE_ID_KEY, {"id": uuid.uuid4().hex}, if_none_match=True)
+        except PreconditionFailed:
+            pass  # another process wrote it first: use theirs
+        found = get_json(bucket, STORE_ID_KEY)
+    return found[0]["id"]
 
 
 def get_json(bucket: str, key: str) -> tuple[Any, str] | None:

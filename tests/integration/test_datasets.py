@@ -258,3 +258,16 @@ def test_bytes_damaged_differently_twice_stay_transient(tmp_path):
             download(url, tmp_path / "blob.tar", Checksum("sha256", hashlib.sha256(payload).hexdigest()))
     assert not isinstance(info.value, PermanentError) and seen == [0, 0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_dataset_cache_key_changes_when_the_store_is_wiped(bucket, sample_dataset):
+    """Prefect caches the dataset stage outside the store: after `make clean` or a wiped bucket its
+    cached result would name a prepared copy that is gone."""
+    from transferflow import phases
+    from transferflow.config import RetrainConfig
+
+    config = RetrainConfig(dataset=str(sample_dataset), weights="none")
+    first = phases.dataset_cache_key(config)
+    assert phases.dataset_cache_key(config) == first
+    storage.delete_prefix(bucket, "")
+    assert phases.dataset_cache_key(config) != first
