@@ -14,10 +14,9 @@ PYTEST_ARGS ?=
 PREFECT_PORT ?= 4200
 DEMO_DIR := .local/demo
 DEMO_ARGS := --dataset $(DEMO_DIR)/shapes --weights $(DEMO_DIR)/vgg16-random.weights.h5 \
-	--head-epochs 8 --head-learning-rate 0.01 --fine-tune-epochs 2
+	--fine-tune-epochs 2
 DEMO_PARAMS := {"dataset": "$(CURDIR)/$(DEMO_DIR)/shapes", \
-	"weights": "$(CURDIR)/$(DEMO_DIR)/vgg16-random.weights.h5", "head_epochs": 8, \
-	"head_learning_rate": 0.01, "fine_tune_epochs": 2}
+	"weights": "$(CURDIR)/$(DEMO_DIR)/vgg16-random.weights.h5", "fine_tune_epochs": 2}
 # Without PARAMS, `make trigger` runs the offline demo configuration; PARAMS='{}' means
 # the production defaults (CIFAR-10 from its URL, ImageNet weights).
 PARAMS ?= $(DEMO_PARAMS)

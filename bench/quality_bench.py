@@ -14,7 +14,7 @@ both sides see exactly the same images. Weights: real pretrained VGG16 conv weig
     defaults for everything the row does not set. Its test accuracy is read from the registry.
 
 Rows: 64 px and 96 px with --head-epochs 5 --fine-tune-epochs 3, and transferflow's own
-defaults (the recipe then gets the image size transferflow chose and its maximum epochs).
+defaults (the recipe then gets the image size transferflow chose and the epochs it ran).
 Wall time is each side's whole process, start to exit. Goal: (b) >= (a) + 5 points of test
 accuracy, in <= 0.6x its time.
 
@@ -130,8 +130,8 @@ def run_transferflow(split: Path, weights: Path, name: str, flags: list[str], se
     return {"accuracy": meta["metrics"]["test"]["accuracy"], "seconds": seconds,
             "image_size": meta["image_size"], "final_phase": gate["final_phase"],
             "fine_tuned": gate["fine_tune"]["passed"],
-            "head_epochs": meta["parameters"]["head_epochs"],
-            "fine_tune_epochs": meta["parameters"]["fine_tune_epochs"]}
+            "head_epochs_run": meta["metrics"]["head"]["epochs_run"],
+            "fine_tune_epochs_run": (meta["metrics"]["fine_tune"] or {}).get("epochs_run", 0)}
 
 
 def main() -> None:
@@ -174,8 +174,9 @@ def run_row(row: str, work: Path, weights: Path, args, env: dict) -> dict:
     name = f"quality-{row}"
     extra = args.extra.split()
     if row == "defaults":
+        # The recipe gets the epochs transferflow ran (its maxima are caps for early stopping).
         ours = run_transferflow(split, weights, name, extra, args.seed, env, work / f"{name}.log")
-        size, head, fine = ours["image_size"], ours["head_epochs"], ours["fine_tune_epochs"]
+        size, head, fine = ours["image_size"], ours["head_epochs_run"], ours["fine_tune_epochs_run"]
     else:
         size, head, fine = int(row), args.head_epochs, args.fine_tune_epochs
         flags = ["--image-size", str(size), "--head-epochs", str(head), "--fine-tune-epochs", str(fine),

@@ -21,6 +21,12 @@ Backbone = Enum("Backbone", {name.upper(): name for name in BACKBONES}, type=str
 Backbone.__doc__ = "keras.applications backbone (include_top=False)."
 
 
+def _number_or_auto(kind: str, low: float, high: float) -> dict:
+    """The JSON schema of a number-or-"auto" field with its range, so that the Prefect UI form
+    and the server's parameter check enforce the range as the validator below does."""
+    return {"anyOf": [{"type": kind, "minimum": low, "maximum": high}, {"type": "string", "const": "auto"}]}
+
+
 class TrainOn(StrEnum):
     """Where the training phases run."""
 
@@ -58,21 +64,23 @@ class RetrainConfig(BaseModel):
         "(local path, file:// or s3://) for air-gapped clusters.",
     )
     image_size: int | Literal["auto"] = Field(
-        "auto",
+        "auto", json_schema_extra=_number_or_auto("integer", 32, 1024),
         description="Images are resized to this square size (pixels, 32-1024), or auto: the median "
         "image's shorter side rounded to a multiple of 32, between the backbone's minimum and its "
         "native size (224 for VGG16). Larger costs quadratically more compute.",
     )
     head_epochs: int = Field(
-        10, ge=1, le=1000,
-        description="Maximum epochs for the new head (early stopping may end sooner).",
+        50, ge=1, le=1000,
+        description="Maximum epochs for the new head: early stopping on val_loss ends it once it has "
+        "converged. On cached features an epoch costs a fraction of a second; with augment each "
+        "epoch runs the backbone.",
     )
     fine_tune_epochs: int = Field(
         5, ge=0, le=1000,
         description="Maximum fine-tuning epochs; 0 skips fine-tuning.",
     )
     fine_tune_gate: float | Literal["auto"] = Field(
-        "auto",
+        "auto", json_schema_extra=_number_or_auto("number", 0, 1),
         description="Fine-tune only if the head's validation accuracy is at least this, or auto: "
         "only if it is significantly above the majority-class baseline of the validation split "
         "(one-sided binomial test, p < 0.01), whatever the number of classes.",
@@ -105,7 +113,7 @@ class RetrainConfig(BaseModel):
         description="Share of train carved out for testing when the dataset has no test split.",
     )
     promote_min_accuracy: float | Literal["auto"] = Field(
-        "auto",
+        "auto", json_schema_extra=_number_or_auto("number", 0, 1),
         description="A new version is blessed only if its test accuracy is at least this, or auto: "
         "only if it is significantly above the majority-class baseline of the test split "
         "(one-sided binomial test, p < 0.01).",

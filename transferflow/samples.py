@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, metavar="FILE.weights.h5",
                         help="also write randomly initialised vgg16 weights here")
     args = parser.parse_args(argv)
+    from transferflow.tflogs import import_tensorflow
+
+    import_tensorflow()  # without its C++ start-up lines, as the transferflow command does
     write_dataset(args.root, args.classes, args.per_class, args.size, args.seed)
     print(f"wrote {args.classes} classes x {args.per_class} images to {args.root}")
     if args.weights:
