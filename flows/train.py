@@ -7,13 +7,13 @@ from typing import Literal
 
 from prefect import flow
 
-from flows.naming import train_run_name
-from tasks.credentials import use_credentials_block
-from tasks.training import run_phase, store_outcome
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
 from transferflow.errors import ConfigError
 from transferflow.phases import BackboneRef, PhaseOutcome
+from transferflow_flows.naming import train_run_name
+from transferflow_tasks.credentials import use_credentials_block
+from transferflow_tasks.training import run_phase, store_outcome
 
 
 @flow(name="train", flow_run_name=train_run_name,

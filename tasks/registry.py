@@ -1,11 +1,11 @@
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 from transferflow import phases
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
 from transferflow.gate import PromotionDecision
+from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
 
 @task(name="register_model", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,

@@ -7,10 +7,10 @@ from prefect.events import emit_event
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 from transferflow import storage
 from transferflow.charts import learning_curve_png
 from transferflow.report import run_report
+from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
 CURVE_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 

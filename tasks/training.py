@@ -59,7 +59,7 @@ def run_phase(phase: str, target: str, config: RetrainConfig, dataset: DatasetRe
     or as a train/gpu subflow on the gpu pool (target "gpu-pool")."""
     training_task, outcome_type = PHASES[phase]
     if target == "gpu-pool":
-        from tasks.remote import train_on_gpu_pool
+        from transferflow_tasks.remote import train_on_gpu_pool
 
         return train_on_gpu_pool(config, phase, run_id, outcome_type, dataset=dataset, **inputs)
     return with_timeout(training_task, config)(config=config, dataset=dataset, run_id=run_id, **inputs)

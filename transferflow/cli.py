@@ -7,9 +7,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
-import os
 import re
 import sys
 import typing
@@ -226,6 +226,16 @@ def as_flags(text: str) -> str:
     return re.sub(pattern, lambda match: "--" + match[1].replace("_", "-"), text)
 
 
+# The Prefect wiring of `train` lives in flows/entry.py; the CLI reaches it only by this name.
+TRAIN_ENTRY_POINT = "transferflow_flows.entry:train_here"
+
+
+def entry_point(spec: str):
+    """The object that 'module:attribute' names, imported only when called for."""
+    module, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     values = {k: v for k, v in vars(args).items() if k in RetrainConfig.model_fields}
     config = parse_config(values)
@@ -233,11 +243,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     preflight(config, as_flags=True)
     storage.ensure_bucket()
     tflogs.import_tensorflow(args.verbose)
-    # The ephemeral server's usage heartbeat calls out to the internet: not on training clusters.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.retrain import retrain
-
-    result = retrain(config=config)
+    result = entry_point(TRAIN_ENTRY_POINT)(config)
     print(f"registered {result['name']} version {result['version']}")
     print(f"artifact   {result['artifact_uri']}")
     return 0

@@ -166,7 +166,6 @@ def test_retry_condition_does_not_retry_permanent_faults():
     """The Prefect task-level retry (tasks.policies) on a real failed State."""
     from prefect.states import Failed
 
-    from tasks.policies import retry_transient
     from transferflow.errors import (
         ChecksumError,
         DownloadError,
@@ -174,6 +173,7 @@ def test_retry_condition_does_not_retry_permanent_faults():
         PermanentDownloadError,
         StorageError,
     )
+    from transferflow_tasks.policies import retry_transient
 
     def retried(exc: Exception) -> bool:
         return retry_transient(None, None, Failed(data=exc))
