@@ -41,4 +41,4 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a f
     registered = promote_model(config, registered, promotion)
     announce_registration(metadata, registered)
     publish_report(metadata, registered)
-    return registered
+    return registered.model_dump()  # a plain dict, as the flow's result has always been

@@ -5,13 +5,14 @@ from transferflow import phases
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
 from transferflow.gate import PromotionDecision
+from transferflow.registry.documents import Registration, TrainingRecord
 from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
 
 @task(name="register_model", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
       retry_condition_fn=retry_transient)
-def register_model(config: RetrainConfig, metadata: dict, final: phases.PhaseOutcome,
-                   run_id: str) -> dict:
+def register_model(config: RetrainConfig, metadata: TrainingRecord, final: phases.PhaseOutcome,
+                   run_id: str) -> Registration:
     """Publish a verified new version, move `latest`, then drop the run's staged models.
 
     Safe to retry: the same run_id reuses the version it reserved.
@@ -40,6 +41,7 @@ def export_model(final: phases.PhaseOutcome, run_id: str) -> dict:
 # No retries: a conflict (production moved while this run was deciding) must surface, not be
 # papered over by a second attempt that would compare against a different production.
 @task(name="promote_model")
-def promote_model(config: RetrainConfig, registered: dict, decision: PromotionDecision) -> dict:
+def promote_model(config: RetrainConfig, registered: Registration,
+                  decision: PromotionDecision) -> Registration:
     """Move production (or candidate) to the new version if the gate blessed it."""
     return phases.apply_promotion(config, registered, decision, logger=get_run_logger())

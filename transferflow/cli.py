@@ -314,18 +314,19 @@ def cmd_datasets_prefetch(args: argparse.Namespace) -> int:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from transferflow.registry import Registry
+    from transferflow.registry import Registry, VersionMetadata
 
     registry = Registry()
     rows, documents = [], []
     for name in registry.names():
         aliases = registry.aliases(name)
         for version in registry.versions(name):
-            meta = registry.metadata(name, version) or {}
-            documents.append(meta)
+            document = registry.metadata(name, version) or {}
+            documents.append(document)
+            meta = VersionMetadata.model_validate(document)
             tags = ",".join(sorted(a for a, v in aliases.items() if v == version))
-            accuracy = meta.get("metrics", {}).get("test", {}).get("accuracy")
-            rows.append((name, str(version), meta.get("registered_at", "?"),
+            accuracy = meta.test_accuracy
+            rows.append((name, str(version), meta.registered_at or "?",
                          f"{accuracy:.4f}" if accuracy is not None else "-", tags))
     if args.json:
         print(json.dumps(documents, indent=2))
@@ -341,35 +342,33 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 
     registry = Registry()
     name, version = registry.resolve(args.reference)
-    meta = registry.metadata(name, version)
     if args.json:
-        print(json.dumps(meta, indent=2))
+        print(json.dumps(registry.metadata(name, version), indent=2))
         return 0
-    test = meta["metrics"]["test"]
-    print(f"{name} version {version}  (registered {meta['registered_at']})")
-    print(f"  artifact    {meta['artifact']['uri']}  ({meta['artifact']['size']} bytes, "
-          f"sha256 {meta['artifact']['sha256'][:16]}...)")
-    print(f"  dataset     {meta['dataset']['source']}  (fingerprint {meta['dataset']['fingerprint'][:12]})")
-    print(f"  backbone    {meta['backbone']['name']}, weights {meta['backbone']['weights']}, "
-          f"{meta['image_size']} px")
-    print(f"  classes     {', '.join(meta['classes'])}")
-    print(f"  test acc    {test['accuracy']:.4f} on {test['images']} images")
-    print(f"  gate        {meta['gate']['fine_tune']['reason']}")
-    if meta["gate"].get("keep_fine_tuned"):
-        print(f"  fine-tune   {meta['gate']['keep_fine_tuned']['reason']}")
-    print(f"  flow run    {meta['lineage']['flow_run_id']}")
+    meta = registry.record(name, version)
+    test, artifact, dataset = meta.metrics.test, meta.artifact, meta.dataset
+    print(f"{name} version {version}  (registered {meta.registered_at})")
+    print(f"  artifact    {artifact.uri}  ({artifact.size} bytes, sha256 {artifact.sha256[:16]}...)")
+    print(f"  dataset     {dataset.source}  (fingerprint {dataset.fingerprint[:12]})")
+    print(f"  backbone    {meta.backbone['name']}, weights {meta.backbone['weights']}, {meta.image_size} px")
+    print(f"  classes     {', '.join(meta.classes)}")
+    print(f"  test acc    {test.accuracy:.4f} on {test.images} images")
+    print(f"  gate        {meta.gate.fine_tune.reason}")
+    if meta.gate.keep_fine_tuned:
+        print(f"  fine-tune   {meta.gate.keep_fine_tuned.reason}")
+    print(f"  flow run    {meta.lineage.flow_run_id}")
     return 0
 
 
 def cmd_models_history(args: argparse.Namespace) -> int:
-    entries = _registry().history(args.name, args.alias)
+    entries = _registry().history_entries(args.name, args.alias)
     if args.json:
-        print(json.dumps(entries, indent=2))
+        print(json.dumps([entry.document() for entry in entries], indent=2))
     elif not entries:
         print(f"no alias moves recorded for {args.name}" + (f"@{args.alias}" if args.alias else ""))
     else:
-        rows = [(e["at"] or "?", e["alias"], _version(e["from_version"]), _version(e["to_version"]),
-                 e.get("action", "move"), e.get("by") or "?", e.get("reason") or "") for e in entries]
+        rows = [(e.at or "?", e.alias, _version(e.from_version), _version(e.to_version), e.action,
+                 e.by or "?", e.reason or "") for e in entries]
         print_table(("AT", "ALIAS", "FROM", "TO", "ACTION", "BY", "REASON"), rows)
     return 0
 
@@ -440,12 +439,15 @@ def _registry():
     return Registry()
 
 
-def _print_move(name: str, alias: str, version: int, entry: dict | None) -> None:
-    if entry is None:
+def _print_move(name: str, alias: str, version: int, document: dict | None) -> None:
+    from transferflow.registry import HistoryEntry
+
+    if document is None:
         print(f"{name}@{alias} already at version {version}; nothing changed")
-    else:
-        print(f"{name}@{alias}: {_version(entry['from_version'])} -> {entry['to_version']}  "
-              f"({entry['action']} by {entry['by']})")
+        return
+    entry = HistoryEntry.model_validate(document)
+    print(f"{name}@{alias}: {_version(entry.from_version)} -> {entry.to_version}  "
+          f"({entry.action} by {entry.by})")
 
 
 def _version(value: int | None) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from transferflow.registry.documents import VersionMetadata
+
 ALPHA = 0.01  # "clearly better than chance": a 1-in-100 false alarm
 
 
@@ -148,7 +150,7 @@ class PromotionDecision(BaseModel):
 
 
 def promotion_gate(test_accuracy: float, fingerprint: str, min_accuracy: float | str, tolerance: float,
-                   auto_promote: bool, production: tuple[int, dict] | None,
+                   auto_promote: bool, production: tuple[int, VersionMetadata | dict] | None,
                    test_counts: list[int] | None = None) -> PromotionDecision:
     """Blessed when test accuracy clears the floor and is no worse than production's own recorded
     test accuracy by more than `tolerance` (skipped when nothing is in production yet).
@@ -172,16 +174,16 @@ def promotion_gate(test_accuracy: float, fingerprint: str, min_accuracy: float |
     if production is None:
         reasons.append("no production version yet: baseline check skipped")
     else:
-        version, meta = production
-        recorded = meta["metrics"]["test"]["accuracy"]
-        same = meta["dataset"]["fingerprint"] == fingerprint
+        version, meta = production[0], VersionMetadata.model_validate(production[1])
+        recorded = meta.test_accuracy
+        same = meta.dataset.fingerprint == fingerprint
         facts.update(production_version=version, production_accuracy=recorded, same_dataset=same)
         holds = test_accuracy >= recorded - tolerance
         blessed = blessed and holds
         reasons.append(f"{'no worse than' if holds else 'worse than'} production v{version}'s {recorded:.4f} "
                        f"{'within' if holds else 'by more than'} tolerance {tolerance:.4f}")
         if not same:
-            theirs = meta["dataset"]["fingerprint"][:12]
+            theirs = meta.dataset.fingerprint[:12]
             reasons.append(f"note: production was evaluated on dataset {theirs}, this version on "
                            f"{fingerprint[:12]}: the accuracies are not directly comparable")
     action = ("promote" if auto_promote else "candidate") if blessed else "none"

@@ -16,6 +16,8 @@ from transferflow.compute import FLOAT32, ComputePlan, compute_scope, plan_compu
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, PrepareOptions, load_prepared, prepare_dataset
 from transferflow.gate import GateDecision, fine_tune_gate, keep_fine_tuned
+from transferflow.registry.aliases import ANY
+from transferflow.registry.documents import SCHEMA_VERSION, Registration, TrainingRecord
 
 log = logging.getLogger(__name__)
 
@@ -321,11 +323,11 @@ def decide_promotion(config: RetrainConfig, dataset: DatasetRef, test: dict, log
     from transferflow.registry import Registry
 
     registry, name = Registry(), config.registry_name
-    current = registry.alias(name, "production")  # None for a new model: one read, no listing
-    meta = registry.metadata(name, current["version"]) if current else None
+    current = registry.alias_document(name, "production")  # None for a new model: one read, no listing
+    meta = registry.record(name, current.version) if current else None
     decision = promotion_gate(test["accuracy"], dataset.fingerprint, config.promote_min_accuracy,
                               config.promote_tolerance, config.auto_promote,
-                              (current["version"], meta) if meta else None,
+                              (current.version, meta) if meta else None,
                               test_counts=[c["support"] for c in test["per_class"].values()])
     logger.info("promotion: %s", decision.reason)
     return decision
@@ -354,12 +356,13 @@ def export_model(final: PhaseOutcome, run_id: str, logger=log) -> dict:
 def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef,
                    head: PhaseOutcome, gate: GateDecision, fine: FineTuneOutcome | None,
                    test: dict, flow_run_id: str | None, promotion=None,
-                   savedmodel: dict | None = None) -> dict:
+                   savedmodel: dict | None = None) -> TrainingRecord:
     """Everything needed to know where a model came from and how good it is."""
     from transferflow.downloads import redact
 
     final = fine.chosen if fine else head
-    return {
+    return TrainingRecord.model_validate({
+        "schema_version": SCHEMA_VERSION,
         "parameters": {**config.model_dump(mode="json"), "dataset": redact(config.dataset)},
         "metrics": {
             "head": head.metrics,
@@ -387,17 +390,17 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         "lineage": {"flow_run_id": flow_run_id, "staged_model_uri": final.model_uri},
         "promotion": promotion.model_dump() if promotion is not None else None,
         "exports": {"savedmodel": savedmodel} if savedmodel else {},
-    }
+    })
 
 
-def register_model(config: RetrainConfig, metadata: dict, final: PhaseOutcome, run_id: str,
-                   logger=log) -> dict:
+def register_model(config: RetrainConfig, metadata: TrainingRecord, final: PhaseOutcome, run_id: str,
+                   logger=log) -> Registration:
     """Publish the chosen model, its SavedModel and MODEL_CARD.md as a new version; move `latest`."""
     from transferflow.card import model_card
     from transferflow.registry import Registry
 
     registry = Registry()
-    savedmodel = metadata.get("exports", {}).get("savedmodel")
+    savedmodel = metadata.exports.get("savedmodel")
     staged = {}
     if savedmodel:
         staged = {f"savedmodel/{relative}": (f"{savedmodel['staged_uri']}/{relative}", item["sha256"],
@@ -411,24 +414,24 @@ def register_model(config: RetrainConfig, metadata: dict, final: PhaseOutcome, r
     return _registered(registry, version.name, version.version, version.artifact_uri)
 
 
-def _registered(registry, name: str, version: int, artifact_uri: str) -> dict:
-    return {"name": name, "version": version, "artifact_uri": artifact_uri,
-            "aliases": sorted(a for a, v in registry.aliases(name).items() if v == version)}
+def _registered(registry, name: str, version: int, artifact_uri: str) -> Registration:
+    return Registration(name=name, version=version, artifact_uri=artifact_uri,
+                        aliases=registry.aliases_of(name, version))
 
 
-def apply_promotion(config: RetrainConfig, registered: dict, decision, logger=log) -> dict:
+def apply_promotion(config: RetrainConfig, registered: Registration, decision, logger=log) -> Registration:
     """Move production (or candidate) to a blessed version, conditional on production not having
     moved since the gate looked at it: a concurrent promotion is a conflict, never a silent win."""
     from transferflow.registry import Registry
 
     if decision.action == "none":
         return registered
-    registry, name, version = Registry(), registered["name"], registered["version"]
+    registry, name, version = Registry(), registered.name, registered.version
     alias = "production" if decision.action == "promote" else "candidate"
-    expected = decision.production_version if alias == "production" else "any"
+    expected = decision.production_version if alias == "production" else ANY
     registry.promote(name, version, alias, reason=decision.reason, expected_current=expected)
     logger.info("%s:%d is now %s", name, version, alias)
-    return _registered(registry, name, version, registered["artifact_uri"])
+    return _registered(registry, name, version, registered.artifact_uri)
 
 
 def cleanup_run(run_id: str) -> int:
@@ -451,19 +454,19 @@ def reproduce_evaluation(reference: str, tolerance: float = 0.0, logger=log) -> 
 
     registry = Registry()
     name, version = registry.resolve(reference)
-    meta = registry.metadata(name, version)
-    path = storage.cached_download(meta["artifact"]["uri"])
-    if storage.sha256_file(path) != meta["artifact"]["sha256"]:
+    meta = registry.record(name, version)
+    path = storage.cached_download(meta.artifact.uri)
+    if storage.sha256_file(path) != meta.artifact.sha256:
         path.unlink()
         raise RegistryError(f"{name}:{version} artifact does not match its recorded sha256: "
                             "the stored model was changed after registration")
-    data = load_prepared(ref_for(meta["dataset"]["prepared_uri"]))
-    result = evaluate(modeling.load_classifier(str(path)), data.splits["test"], meta["classes"])
-    recorded = meta["metrics"]["test"]["accuracy"]
+    data = load_prepared(ref_for(meta.dataset.prepared_uri))
+    result = evaluate(modeling.load_classifier(str(path)), data.splits["test"], meta.classes)
+    recorded = meta.test_accuracy
     logger.info("%s:%d test accuracy recorded %.4f, reproduced %.4f", name, version, recorded,
                 result["accuracy"])
     if abs(result["accuracy"] - recorded) > tolerance:
         raise RegistryError(f"{name}:{version} reproduces test accuracy {result['accuracy']:.4f}, "
                             f"not the recorded {recorded:.4f}")
-    return {"reference": f"{name}:{version}", "sha256": meta["artifact"]["sha256"],
+    return {"reference": f"{name}:{version}", "sha256": meta.artifact.sha256,
             "recorded": recorded, "reproduced": result["accuracy"]}

@@ -41,7 +41,7 @@ def test_a_version_carries_a_savedmodel_and_a_model_card(registered, tmp_path):
 
     result, dataset = registered
     meta = Registry().metadata("shapes", 1)
-    assert result["aliases"] == ["latest", "production"]  # first version: nothing to beat
+    assert result.aliases == ["latest", "production"]  # first version: nothing to beat
     assert meta["promotion"]["action"] == "promote"
     assert "no production version yet" in meta["promotion"]["reason"]
     signature = meta["exports"]["savedmodel"]
