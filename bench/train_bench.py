@@ -89,7 +89,7 @@ def prepare(work: Path, args):
     from transferflow import phases
     from transferflow.config import RetrainConfig
     from transferflow.data import load_prepared
-    from transferflow.samples import write_dataset, write_random_weights
+    from transferflow.devstack.samples import write_dataset, write_random_weights
 
     folder = write_dataset(work / "shapes", classes=3, per_class=args.per_class)
     weights = write_random_weights(work / "vgg16-he.weights.h5", seed=1)
@@ -109,7 +109,8 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=10)
     parser.add_argument("--fine-tune-epochs", type=int, default=2)
     args = parser.parse_args()
-    from transferflow import phases, s3server
+    from transferflow import phases
+    from transferflow.devstack import s3server
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -13,7 +13,7 @@ import pytest
 
 from transferflow import storage
 from transferflow.checkpoints import POINTER
-from transferflow.samples import sample_image
+from transferflow.devstack.samples import sample_image
 from transferflow.training import fit_phase
 
 

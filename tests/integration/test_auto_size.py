@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from transferflow.data import PrepareOptions, prepare_dataset
-from transferflow.samples import write_dataset
+from transferflow.devstack.samples import write_dataset
 
 AUTO = PrepareOptions(image_size="auto", val_fraction=0.2, test_fraction=0.2, seed=0, auto_bounds=(32, 224))
 

@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import upload_folder
 from transferflow import storage
 from transferflow.data import PrepareOptions, load_prepared, prepare_dataset, remote_source
+from transferflow.devstack.samples import write_dataset
 from transferflow.errors import (
     ChecksumError,
     DatasetError,
@@ -20,7 +21,6 @@ from transferflow.errors import (
     PermanentDownloadError,
     PermanentError,
 )
-from transferflow.samples import write_dataset
 
 OPTIONS = PrepareOptions(image_size=32, val_fraction=0.1, test_fraction=0.1, seed=0)
 
