@@ -358,7 +358,7 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
                    test: dict, flow_run_id: str | None, promotion=None,
                    savedmodel: dict | None = None) -> TrainingRecord:
     """Everything needed to know where a model came from and how good it is."""
-    from transferflow.downloads import redact
+    from transferflow.data.downloads import redact
 
     final = fine.chosen if fine else head
     return TrainingRecord.model_validate({

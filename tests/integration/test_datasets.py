@@ -139,7 +139,7 @@ def test_http_archive_with_bad_checksum_is_refused(bucket, http_root):
 
 def test_unknown_host_fails_at_once_naming_it(bucket, monkeypatch):
     sleeps = []
-    monkeypatch.setattr("transferflow.downloads.time.sleep", sleeps.append)
+    monkeypatch.setattr("transferflow.data.downloads.time.sleep", sleeps.append)
     with pytest.raises(PermanentDownloadError, match="download of http://example.invalid/shapes.tar.gz "
                        "failed: cannot resolve host example.invalid: permanent, not retried"):
         prepare_dataset("http://example.invalid/shapes.tar.gz", OPTIONS)
@@ -204,7 +204,7 @@ def scripted_server(payload: bytes, script: list):
 
 def test_download_resumes_after_a_dropped_connection(tmp_path):
     """A server that cuts the first response short: the retry asks for the rest (Range)."""
-    from transferflow.downloads import Checksum, download
+    from transferflow.data.downloads import Checksum, download
 
     payload = bytes(range(256)) * 4000
     with scripted_server(payload, [0.5, 1]) as (url, requests):
@@ -216,7 +216,7 @@ def test_download_resumes_after_a_dropped_connection(tmp_path):
 
 def test_download_retries_server_errors_then_resumes(tmp_path, caplog):
     """500, then a connection dropped mid-body, then the rest: one verified file."""
-    from transferflow.downloads import Checksum, download
+    from transferflow.data.downloads import Checksum, download
 
     payload = bytes(range(256)) * 3000
     caplog.set_level("INFO")
@@ -230,7 +230,7 @@ def test_download_retries_server_errors_then_resumes(tmp_path, caplog):
 def test_http_missing_file_fails_at_once(bucket, http_root, monkeypatch):
     base, _, hits = http_root
     before, sleeps = hits.count("/missing.tar.gz"), []
-    monkeypatch.setattr("transferflow.downloads.time.sleep", sleeps.append)
+    monkeypatch.setattr("transferflow.data.downloads.time.sleep", sleeps.append)
     with pytest.raises(PermanentDownloadError, match="download of .*/missing.tar.gz failed: HTTP 404 "
                                                      "File not found: permanent, not retried. Check the URL"):
         prepare_dataset(f"{base}/missing.tar.gz#sha256={'0' * 64}", OPTIONS)
@@ -239,7 +239,7 @@ def test_http_missing_file_fails_at_once(bucket, http_root, monkeypatch):
 
 
 def test_bytes_damaged_once_are_downloaded_once_more(tmp_path, caplog):
-    from transferflow.downloads import Checksum, download
+    from transferflow.data.downloads import Checksum, download
 
     payload = bytes(range(256)) * 1000
     caplog.set_level("WARNING")
@@ -250,7 +250,7 @@ def test_bytes_damaged_once_are_downloaded_once_more(tmp_path, caplog):
 
 
 def test_bytes_damaged_differently_twice_stay_transient(tmp_path):
-    from transferflow.downloads import Checksum, download
+    from transferflow.data.downloads import Checksum, download
 
     payload = bytes(range(256)) * 1000
     with scripted_server(payload, [b"damaged once", b"damaged twice", 1]) as (url, seen):

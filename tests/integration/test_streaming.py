@@ -5,9 +5,9 @@ import logging
 import numpy as np
 import pytest
 
-from transferflow import phases, records, storage
+from transferflow import phases, storage
 from transferflow.config import RetrainConfig
-from transferflow.data import PrepareOptions, load_prepared, prepare_dataset
+from transferflow.data import PrepareOptions, load_prepared, prepare_dataset, records
 from transferflow.errors import DatasetError
 from transferflow.training import split_dataset, split_labels
 

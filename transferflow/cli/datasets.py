@@ -45,7 +45,8 @@ def split_sizes(counts: dict[str, dict[str, int]]) -> str:
 
 
 def cmd_datasets_list(args: argparse.Namespace) -> int:
-    from transferflow import catalog, mirror
+    from transferflow import catalog
+    from transferflow.data import mirror
 
     bucket = storage.bucket_name()
     variants, mirrors = catalog.prepared(bucket), mirror.entries(bucket)

@@ -18,7 +18,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from transferflow import downloads, storage
+from transferflow import storage
+from transferflow.data import downloads
 from transferflow.errors import DatasetError
 
 log = logging.getLogger(__name__)
