@@ -7,6 +7,8 @@ class) on the same images, by a one-sided binomial test at ALPHA.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic import BaseModel
 
 from transferflow.registry.documents import VersionMetadata
@@ -133,11 +135,19 @@ def keep_fine_tuned(head_val_accuracy: float, tuned_val_accuracy: float) -> Gate
                         f"{head_val_accuracy:.4f}: regressed, keeping the head-only model")
 
 
+class PromotionAction(StrEnum):
+    """What happens to a new version after the promotion gate."""
+
+    PROMOTE = "promote"  # blessed, and production moves to it
+    CANDIDATE = "candidate"  # blessed, marked candidate (auto_promote is off)
+    NONE = "none"  # not blessed: production unchanged
+
+
 class PromotionDecision(BaseModel):
     """Whether a new version is blessed (TFX Evaluator semantics), and what happens to it."""
 
     blessed: bool
-    action: str  # promote | candidate | none
+    action: PromotionAction
     test_accuracy: float
     min_accuracy: float  # the floor applied: fixed, or the majority-class baseline for auto
     floor_rule: str = "fixed"  # fixed | auto (significantly above the majority-class baseline)
@@ -186,9 +196,10 @@ def promotion_gate(test_accuracy: float, fingerprint: str, min_accuracy: float |
             theirs = meta.dataset.fingerprint[:12]
             reasons.append(f"note: production was evaluated on dataset {theirs}, this version on "
                            f"{fingerprint[:12]}: the accuracies are not directly comparable")
-    action = ("promote" if auto_promote else "candidate") if blessed else "none"
-    outcome = {"promote": "blessed: moving production to it",
-               "candidate": "blessed: marked candidate (auto_promote is off)",
-               "none": "not blessed: production unchanged"}[action]
+    action = (PromotionAction.PROMOTE if auto_promote else PromotionAction.CANDIDATE) if blessed \
+        else PromotionAction.NONE
+    outcome = {PromotionAction.PROMOTE: "blessed: moving production to it",
+               PromotionAction.CANDIDATE: "blessed: marked candidate (auto_promote is off)",
+               PromotionAction.NONE: "not blessed: production unchanged"}[action]
     return PromotionDecision(blessed=blessed, action=action, reason="; ".join(reasons) + f" -> {outcome}",
                              **facts)

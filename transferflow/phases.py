@@ -6,8 +6,13 @@ Big things travel as s3:// URIs; what these functions return is small.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import socket
+import tempfile
+import time
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -15,7 +20,7 @@ from transferflow import backbones, storage
 from transferflow.compute import FLOAT32, ComputePlan, compute_scope, plan_compute
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, PrepareOptions, load_prepared, prepare_dataset
-from transferflow.gate import GateDecision, fine_tune_gate, keep_fine_tuned
+from transferflow.gate import GateDecision, PromotionAction, fine_tune_gate, keep_fine_tuned
 from transferflow.registry.aliases import ANY
 from transferflow.registry.documents import SCHEMA_VERSION, Registration, TrainingRecord
 
@@ -84,8 +89,6 @@ def prepare_options(config: RetrainConfig) -> PrepareOptions:
 def dataset_cache_key(config: RetrainConfig) -> str | None:
     """What an orchestrator may cache the dataset stage under: the source's signature, the
     preparation options and the store. None when the source cannot be identified cheaply."""
-    import hashlib
-
     from transferflow.data import PREPARED_FORMAT, source_signature
 
     signature = source_signature(config.dataset)
@@ -153,8 +156,6 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
 def standardize_features(classifier, train, batch_size: int, logger=log) -> None:
     """Set the standardize layer from one pass of the frozen backbone over the (unaugmented)
     training images: the end-to-end head needs the statistics the cached path gets for free."""
-    import time
-
     from transferflow.model import STANDARDIZE_LAYER
     from transferflow.training import extract_features
 
@@ -230,8 +231,6 @@ def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: Backbone
                   plan: ComputePlan, logger=log) -> tuple[dict, dict]:
     """The backbone's pooled features for train and val: from object storage when an earlier run
     computed them for the same dataset, backbone, weights and image size, else computed and stored."""
-    import time
-
     import keras
 
     from transferflow.features import FeatureKey, load_features, save_features, weights_identity
@@ -271,8 +270,6 @@ def _stage(classifier, phase: str, config: RetrainConfig, run_id: str, metrics: 
 
 def runtime_info() -> dict:
     """Where this process trains: recorded so a user can tell a GPU run from a CPU one."""
-    import socket
-
     import keras
 
     devices = []
@@ -335,9 +332,6 @@ def decide_promotion(config: RetrainConfig, dataset: DatasetRef, test: dict, log
 
 def export_model(final: PhaseOutcome, run_id: str, logger=log) -> dict:
     """Stage a TensorFlow SavedModel of the final model next to it, for TF Serving."""
-    import tempfile
-    from pathlib import Path
-
     from transferflow import model as modeling
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -424,10 +418,10 @@ def apply_promotion(config: RetrainConfig, registered: Registration, decision, l
     moved since the gate looked at it: a concurrent promotion is a conflict, never a silent win."""
     from transferflow.registry import Registry
 
-    if decision.action == "none":
+    if decision.action == PromotionAction.NONE:
         return registered
     registry, name, version = Registry(), registered.name, registered.version
-    alias = "production" if decision.action == "promote" else "candidate"
+    alias = "production" if decision.action == PromotionAction.PROMOTE else "candidate"
     expected = decision.production_version if alias == "production" else ANY
     registry.promote(name, version, alias, reason=decision.reason, expected_current=expected)
     logger.info("%s:%d is now %s", name, version, alias)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import urllib.parse
 from pathlib import Path
 
@@ -75,8 +76,6 @@ def _check_origin_resolves(dataset: str, label: str) -> None:
     """A remote source that is not mirrored yet needs its origin: refuse a host that does not
     resolve (permanently) now, not after Prefect's start-up and a failed download stage.
     Mirrored sources pass: workers without internet read the mirror."""
-    import socket
-
     from transferflow.data import remote_source
     from transferflow.data.downloads import PERMANENT_DNS
     from transferflow.errors import PermanentDownloadError

@@ -379,13 +379,16 @@ def cached_download(uri: str) -> Path:
     info = head(location.bucket, location.key)
     if info is None:
         raise StorageError(f"{uri} does not exist at {endpoint_label()}: check the URI")
-    etag = info["ETag"].strip('"')
     target = cache_dir() / "s3" / location.bucket / location.key
+    return download_if_changed(location.bucket, location.key, target, info["ETag"].strip('"'))
+
+
+def download_if_changed(bucket: str, key: str, target: Path, etag: str) -> Path:
+    """Download unless `target` is the copy stamped with this ETag (in <target>.etag) already."""
     stamp = target.with_name(target.name + ".etag")
-    if target.is_file() and stamp.is_file() and stamp.read_text() == etag:
-        return target
-    download_file(location.bucket, location.key, target)
-    stamp.write_text(etag)
+    if not (target.is_file() and stamp.is_file() and stamp.read_text() == etag):
+        download_file(bucket, key, target)
+        stamp.write_text(etag)
     return target
 
 

@@ -15,6 +15,7 @@ from transferflow.cli.flags import (
     config_values,
     parse_config,
 )
+from transferflow.data.store import split_sizes, total_images
 from transferflow.errors import CLIError
 
 
@@ -32,16 +33,6 @@ def add_dataset_commands(commands) -> None:
     add_config_flags(prefetch, only=PREPARE_FIELDS)
     add_verbose_flag(prefetch)
     prefetch.set_defaults(handler=cmd_datasets_prefetch)
-
-
-def total_images(counts: dict[str, dict[str, int]]) -> int:
-    """Images over every split and class of a prepared dataset's counts."""
-    return sum(sum(per_class.values()) for per_class in counts.values())
-
-
-def split_sizes(counts: dict[str, dict[str, int]]) -> str:
-    """'train 84, val 18, test 18'."""
-    return ", ".join(f"{split} {sum(per_class.values())}" for split, per_class in counts.items())
 
 
 def cmd_datasets_list(args: argparse.Namespace) -> int:

@@ -35,7 +35,16 @@ from transferflow.data.layout import IMAGE_SUFFIXES, FolderScan, fingerprint_fol
 from transferflow.data.mirror import RemoteSource
 from transferflow.data.sources import extract_cached, local_folder, remote_source
 from transferflow.data.splits import Items, complete_splits
-from transferflow.data.store import PREPARED_FORMAT, STREAMED_SUFFIX, Bad, DatasetRef, write_npz, write_stream
+from transferflow.data.store import (
+    PREPARED_FORMAT,
+    STREAMED_SUFFIX,
+    Bad,
+    DatasetRef,
+    split_sizes,
+    total_images,
+    write_npz,
+    write_stream,
+)
 from transferflow.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -111,14 +120,10 @@ def _stored(bucket: str, dataset: str, fingerprint: str, options: PrepareOptions
         if cached is None:
             continue
         ref = DatasetRef.model_validate(cached[0])
-        if _should_stream(_total(ref), ref.image_size, options) == streamed:
+        if _should_stream(total_images(ref.counts), ref.image_size, options) == streamed:
             logger.info("dataset %s already prepared as %s", downloads.redact(dataset), ref.uri)
             return ref
     return None
-
-
-def _total(ref: DatasetRef) -> int:
-    return sum(sum(counts.values()) for counts in ref.counts.values())
 
 
 def _should_stream(images: int, image_size: int, options: PrepareOptions) -> bool:
@@ -264,5 +269,5 @@ def _folder_source(scan: FolderScan) -> Source:
 
 
 def _summary(ref: DatasetRef) -> str:
-    sizes = ", ".join(f"{s} {sum(c.values())}" for s, c in ref.counts.items())
-    return f"{len(ref.class_names)} classes, {sizes} images; fingerprint {ref.fingerprint[:12]}"
+    return (f"{len(ref.class_names)} classes, {split_sizes(ref.counts)} images; "
+            f"fingerprint {ref.fingerprint[:12]}")

@@ -112,11 +112,7 @@ def _fetch_s3(uri: str, logger) -> Path:
 
     def fetch(item: tuple[Path, dict]) -> None:
         local, obj = item
-        stamp = local.with_name(local.name + ".etag")
-        if local.is_file() and stamp.is_file() and stamp.read_text() == obj["ETag"]:
-            return
-        storage.download_file(location.bucket, obj["Key"], local)
-        stamp.write_text(obj["ETag"])
+        storage.download_if_changed(location.bucket, obj["Key"], local, obj["ETag"])
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(fetch, wanted.items()))

@@ -4,7 +4,6 @@ and loading them back."""
 from __future__ import annotations
 
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,8 +55,7 @@ class PreparedDataset:
                        {s: (npz[f"{s}_x"], npz[f"{s}_y"]) for s in SPLITS})
 
     def counts(self) -> dict[str, dict[str, int]]:
-        return {s: {self.class_names[k]: int(v) for k, v in sorted(Counter(y.tolist()).items())}
-                for s, (_, y) in self.splits.items()}
+        return {s: class_counts(y, self.class_names) for s, (_, y) in self.splits.items()}
 
 
 @dataclass
@@ -137,3 +135,13 @@ def load_prepared(ref: DatasetRef) -> PreparedDataset:
                                        ref.image_size)
             for split, uris in ref.shards.items()})
     return PreparedDataset.load(storage.cached_download(ref.uri))
+
+
+def total_images(counts: dict[str, dict[str, int]]) -> int:
+    """Images over every split and class of a prepared dataset's counts."""
+    return sum(sum(per_class.values()) for per_class in counts.values())
+
+
+def split_sizes(counts: dict[str, dict[str, int]]) -> str:
+    """'train 84, val 18, test 18'."""
+    return ", ".join(f"{split} {sum(per_class.values())}" for split, per_class in counts.items())

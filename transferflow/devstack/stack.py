@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import urllib.error
@@ -107,8 +108,6 @@ def start_server(stack: Stack) -> None:
 
 def create_pools(stack: Stack) -> None:
     """Create or update the cpu and gpu process pools from deployments/pools/*.json."""
-    import subprocess
-
     for pool, template in POOLS.items():
         command = prefect_cli("work-pool", "create", pool, "--type", "process", "--overwrite",
                               "--base-job-template", str(PROJECT_DIR / "deployments" / "pools" / template))
@@ -168,8 +167,6 @@ def _worker_online(stack: Stack, pool: str, worker_name: str) -> bool:
 
 def deploy(stack: Stack) -> None:
     """`prefect deploy --all` from the project root with deployments/prefect.yaml."""
-    import subprocess
-
     command = prefect_cli("--no-prompt", "deploy", "--all", "--prefect-file", str(DEPLOYMENTS_FILE))
     result = subprocess.run(command, env=stack.env(), cwd=PROJECT_DIR, capture_output=True, text=True,
                             timeout=300)
