@@ -73,14 +73,14 @@ def keras_recipe(weights_file: Path, train, val, blocks: tuple[str, ...], args) 
 
 def transferflow_phases(config, dataset, backbone) -> dict:
     """train_head then fine_tune, exactly as the flow's tasks run them."""
-    from transferflow import phases
+    from transferflow import phases, publishing
 
     started = time.perf_counter()
     head = phases.train_head(config, dataset, backbone, "bench-run", logger=QUIET)
     head_s = time.perf_counter() - started
     phases.fine_tune(config, dataset, head, "bench-run", logger=QUIET)
     total_s = time.perf_counter() - started
-    phases.cleanup_run("bench-run")
+    publishing.cleanup_run("bench-run")
     return {"head_s": head_s, "total_s": total_s, "plan": head.metrics["compute"]}
 
 

@@ -6,7 +6,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from transferflow.config import RetrainConfig
-from transferflow.phases import build_metadata
+from transferflow.publishing import build_metadata
 from transferflow_flows.naming import retrain_run_name
 from transferflow_tasks.backbone import build_backbone
 from transferflow_tasks.credentials import use_credentials_block

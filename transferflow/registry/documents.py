@@ -92,7 +92,7 @@ class Artifact(Record):
 
 
 class TrainingRecord(Record):
-    """What a retrain run knows about its model before it is registered (phases.build_metadata)."""
+    """What a retrain run knows about its model before it is registered (publishing.build_metadata)."""
 
     schema_version: int = 0
     parameters: dict[str, Any] = {}
