@@ -201,6 +201,6 @@ def save_to(model: keras.Model, uri: str) -> tuple[str, int]:
 
 def load_from(uri: str) -> keras.Model:
     """Load a .keras model from an s3:// URI (cached locally by ETag)."""
-    from transferflow import storage
+    from transferflow import localcache
 
-    return load_classifier(str(storage.cached_download(uri)))
+    return load_classifier(str(localcache.cached_download(uri)))

@@ -9,7 +9,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from transferflow import storage
+from transferflow import localcache, storage
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, load_prepared
 from transferflow.gate import GateDecision, PromotionAction
@@ -167,7 +167,7 @@ def reproduce_evaluation(reference: str, tolerance: float = 0.0, logger=log) -> 
     registry = Registry()
     name, version = registry.resolve(reference)
     meta = registry.record(name, version)
-    path = storage.cached_download(meta.artifact.uri)
+    path = localcache.cached_download(meta.artifact.uri)
     if storage.sha256_file(path) != meta.artifact.sha256:
         path.unlink()
         raise RegistryError(f"{name}:{version} artifact does not match its recorded sha256: "

@@ -365,33 +365,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def cache_dir() -> Path:
-    """Local cache for downloads and prepared data (TRANSFERFLOW_CACHE_DIR)."""
-    root = os.environ.get("TRANSFERFLOW_CACHE_DIR") or Path.home() / ".cache" / "transferflow"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def cached_download(uri: str) -> Path:
-    """Download an s3:// object into the cache, reusing the copy while its ETag is unchanged."""
-    location = parse_s3_object_uri(uri)
-    info = head(location.bucket, location.key)
-    if info is None:
-        raise StorageError(f"{uri} does not exist at {endpoint_label()}: check the URI")
-    target = cache_dir() / "s3" / location.bucket / location.key
-    return download_if_changed(location.bucket, location.key, target, info["ETag"].strip('"'))
-
-
-def download_if_changed(bucket: str, key: str, target: Path, etag: str) -> Path:
-    """Download unless `target` is the copy stamped with this ETag (in <target>.etag) already."""
-    stamp = target.with_name(target.name + ".etag")
-    if not (target.is_file() and stamp.is_file() and stamp.read_text() == etag):
-        download_file(bucket, key, target)
-        stamp.write_text(etag)
-    return target
-
-
 def put_bytes(bucket: str, key: str, body: bytes, content_type: str) -> None:
     with translated("write", bucket, key):
         client().put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import upload_folder
-from transferflow import storage
+from transferflow import localcache, storage
 from transferflow.data import PrepareOptions, load_prepared, prepare_dataset, remote_source
 from transferflow.devstack.samples import write_dataset
 from transferflow.errors import (
@@ -132,7 +132,7 @@ def test_http_archive_with_bad_checksum_is_refused(bucket, http_root):
                        + ", got [0-9a-f]{64} on two downloads: permanent, not retried"):
         prepare_dataset(url, OPTIONS)
     assert hits.count("/shapes.tar.gz") - before == 2
-    folder = storage.cache_dir() / "downloads" / remote_source(url).source_id[:16]
+    folder = localcache.cache_dir() / "downloads" / remote_source(url).source_id[:16]
     assert folder.is_dir() and list(folder.iterdir()) == []  # no file, .part or .validator left
     assert list(storage.list_keys(bucket, "")) == []
 

@@ -8,7 +8,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from transferflow import storage
+from transferflow import localcache, storage
 from transferflow.data import downloads
 from transferflow.data.builtins import BUILTINS
 from transferflow.data.layout import ARCHIVE_SUFFIXES
@@ -80,7 +80,7 @@ def local_folder(dataset: str, logger=log) -> Path:
 def extract_cached(archive: Path, key: str, discard_on_failure: bool = False) -> Path:
     """Unpack once per archive content. A downloaded archive that fails to unpack is
     deleted, so the next run downloads it again instead of failing on the same bytes."""
-    target = storage.cache_dir() / "extracted" / key
+    target = localcache.cache_dir() / "extracted" / key
     stamp = target / ".source-sha256"
     digest = storage.sha256_file(archive)
     if not (stamp.is_file() and stamp.read_text() == digest):
@@ -97,7 +97,7 @@ def extract_cached(archive: Path, key: str, discard_on_failure: bool = False) ->
 def _fetch_s3(uri: str, logger) -> Path:
     location = storage.parse_s3_uri(uri)
     if location.key.lower().endswith(ARCHIVE_SUFFIXES):
-        archive = storage.cached_download(uri)
+        archive = localcache.cached_download(uri)
         return extract_cached(archive, hashlib.sha256(uri.encode()).hexdigest()[:16],
                                discard_on_failure=True)
     prefix = location.key.rstrip("/") + "/" if location.key else ""
@@ -105,14 +105,14 @@ def _fetch_s3(uri: str, logger) -> Path:
     if not objects:
         raise DatasetError(f"dataset {uri} has no objects at {storage.endpoint_label()}: "
                            "check the bucket and prefix")
-    target = storage.cache_dir() / "s3" / location.bucket / prefix
+    target = localcache.cache_dir() / "s3" / location.bucket / prefix
     logger.info("syncing %d objects from %s", len(objects), uri)
     wanted = {safe_join(target, o["Key"][len(prefix):], uri): o for o in objects}
     _remove_stale(target, set(wanted))
 
     def fetch(item: tuple[Path, dict]) -> None:
         local, obj = item
-        storage.download_if_changed(location.bucket, obj["Key"], local, obj["ETag"])
+        localcache.download_if_changed(location.bucket, obj["Key"], local, obj["ETag"])
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(fetch, wanted.items()))

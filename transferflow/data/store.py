@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from transferflow import storage
+from transferflow import localcache, storage
 from transferflow.data import records
 from transferflow.data.decode import Decoded
 from transferflow.data.layout import SPLITS
@@ -134,7 +134,7 @@ def load_prepared(ref: DatasetRef) -> PreparedDataset:
             split: records.StreamSplit(uris, records.read_labels(location.bucket, prefix, split),
                                        ref.image_size)
             for split, uris in ref.shards.items()})
-    return PreparedDataset.load(storage.cached_download(ref.uri))
+    return PreparedDataset.load(localcache.cached_download(ref.uri))
 
 
 def total_images(counts: dict[str, dict[str, int]]) -> int:

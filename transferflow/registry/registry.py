@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from transferflow import storage
+from transferflow import localcache, storage
 from transferflow.registry import compare
 from transferflow.registry.aliases import AliasMoves
 from transferflow.registry.maintenance import Maintenance
@@ -39,4 +39,4 @@ def verified_download(reference_or_uri: str) -> Path:
         registry = Registry(bucket)
     else:
         registry, reference = Registry(), reference_or_uri
-    return registry.pull(reference, storage.cache_dir() / "models" / registry.bucket)
+    return registry.pull(reference, localcache.cache_dir() / "models" / registry.bucket)
