@@ -48,3 +48,12 @@ def test_the_train_entry_point_resolves():
 def config_dir(module: str) -> str:
     package = module.split(".")[0]
     return {"transferflow_flows": "flows", "transferflow_tasks": "tasks"}[package]
+
+
+MAX_MODULE_LINES = 400  # past this a module is usually several concerns; split it by concern
+
+
+@pytest.mark.parametrize("module", sorted(str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")))
+def test_no_module_is_over_the_size_limit(module):
+    lines = len((ROOT / module).read_text().splitlines())
+    assert lines <= MAX_MODULE_LINES, f"{module} has {lines} lines: split it by concern"
