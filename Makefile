@@ -21,7 +21,7 @@ DEMO_PARAMS := {"dataset": "$(CURDIR)/$(DEMO_DIR)/shapes", \
 # the production defaults (CIFAR-10 from its URL, ImageNet weights).
 PARAMS ?= $(DEMO_PARAMS)
 DEPLOYMENT ?= retrain/manual
-STACK := $(BIN)/python -m transferflow.stack --port $(PREFECT_PORT)
+STACK := $(BIN)/python -m transferflow.devstack.stack --port $(PREFECT_PORT)
 # The local stack's server, unless PREFECT_API_URL points at another one.
 STACK_API = $${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}
 
@@ -60,7 +60,7 @@ demo: venv demo-data ## offline demo: retrain on generated images with random we
 demo-data: $(DEMO_DIR)/.done ## generate the demo's images and random VGG16 weights in .local/demo
 
 $(DEMO_DIR)/.done: | venv
-	$(BIN)/python -m transferflow.samples $(DEMO_DIR)/shapes --classes 3 --per-class 40 \
+	$(BIN)/python -m transferflow.devstack.samples $(DEMO_DIR)/shapes --classes 3 --per-class 40 \
 		--weights $(DEMO_DIR)/vgg16-random.weights.h5
 	@touch $@
 
@@ -78,10 +78,10 @@ endif
 	$(BIN)/transferflow datasets prefetch "$(DATASET)" $(ARGS)
 
 storage-up: venv ## start the local S3 server (SeaweedFS, loopback, credentials) on S3_PORT
-	$(BIN)/python -m transferflow.s3server up --dir $(S3_DIR) --env-file $(S3_ENV) --port $(S3_PORT)
+	$(BIN)/python -m transferflow.devstack.s3server up --dir $(S3_DIR) --env-file $(S3_ENV) --port $(S3_PORT)
 
 storage-down: ## stop the local S3 server (its data stays in .local/s3)
-	@if [ -x $(BIN)/python ]; then $(BIN)/python -m transferflow.s3server down --dir $(S3_DIR); fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m transferflow.devstack.s3server down --dir $(S3_DIR); fi
 
 server: venv ## start `prefect server` (SQLite in .local/prefect, loopback) and wait until ready
 	$(STACK) server

@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
     parser.add_argument("--repeat", type=int, default=3, help="runs per side; the median is kept")
     args = parser.parse_args()
-    from transferflow import s3server
+    from transferflow.devstack import s3server
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

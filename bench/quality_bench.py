@@ -149,7 +149,7 @@ def main() -> None:
         sys.exit(f"{DATASET} not found: set TRANSFERFLOW_SHARED to the folder holding datasets/ and tools/")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(ROOT))
-    from transferflow import s3server
+    from transferflow.devstack import s3server
 
     weights = ensure_weights()
     results = []

@@ -50,8 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # this process's own TensorFlow (the samples)
-    from transferflow import s3server
-    from transferflow.samples import write_dataset
+    from transferflow.devstack import s3server
+    from transferflow.devstack.samples import write_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

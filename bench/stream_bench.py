@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from transferflow import s3server
+    from transferflow.devstack import s3server
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

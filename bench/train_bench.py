@@ -73,14 +73,14 @@ def keras_recipe(weights_file: Path, train, val, blocks: tuple[str, ...], args) 
 
 def transferflow_phases(config, dataset, backbone) -> dict:
     """train_head then fine_tune, exactly as the flow's tasks run them."""
-    from transferflow import phases
+    from transferflow import phases, publishing
 
     started = time.perf_counter()
     head = phases.train_head(config, dataset, backbone, "bench-run", logger=QUIET)
     head_s = time.perf_counter() - started
     phases.fine_tune(config, dataset, head, "bench-run", logger=QUIET)
     total_s = time.perf_counter() - started
-    phases.cleanup_run("bench-run")
+    publishing.cleanup_run("bench-run")
     return {"head_s": head_s, "total_s": total_s, "plan": head.metrics["compute"]}
 
 
@@ -89,7 +89,7 @@ def prepare(work: Path, args):
     from transferflow import phases
     from transferflow.config import RetrainConfig
     from transferflow.data import load_prepared
-    from transferflow.samples import write_dataset, write_random_weights
+    from transferflow.devstack.samples import write_dataset, write_random_weights
 
     folder = write_dataset(work / "shapes", classes=3, per_class=args.per_class)
     weights = write_random_weights(work / "vgg16-he.weights.h5", seed=1)
@@ -109,7 +109,8 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=10)
     parser.add_argument("--fine-tune-epochs", type=int, default=2)
     args = parser.parse_args()
-    from transferflow import phases, s3server
+    from transferflow import phases
+    from transferflow.devstack import s3server
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

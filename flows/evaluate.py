@@ -6,8 +6,8 @@ event (see deployments/prefect.yaml): an example automation.
 
 from prefect import flow
 
-from tasks.credentials import use_credentials_block
-from tasks.evaluation import reproduce_evaluation
+from transferflow_tasks.credentials import use_credentials_block
+from transferflow_tasks.evaluation import reproduce_evaluation
 
 
 @flow(name="evaluate", flow_run_name="evaluate-{model}",

@@ -5,17 +5,17 @@ import uuid
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.naming import retrain_run_name
-from tasks.backbone import build_backbone
-from tasks.credentials import use_credentials_block
-from tasks.dataset import check_inputs, check_storage, download_dataset
-from tasks.evaluation import evaluate_model
-from tasks.registry import decide_promotion, export_model, promote_model, register_model
-from tasks.remote import choose_training_target
-from tasks.reporting import announce_registration, publish_report
-from tasks.training import decide_fine_tune, run_phase
 from transferflow.config import RetrainConfig
-from transferflow.phases import build_metadata
+from transferflow.publishing import build_metadata
+from transferflow_flows.naming import retrain_run_name
+from transferflow_tasks.backbone import build_backbone
+from transferflow_tasks.credentials import use_credentials_block
+from transferflow_tasks.dataset import check_inputs, check_storage, download_dataset
+from transferflow_tasks.evaluation import evaluate_model
+from transferflow_tasks.registry import decide_promotion, export_model, promote_model, register_model
+from transferflow_tasks.remote import choose_training_target
+from transferflow_tasks.reporting import announce_registration, publish_report
+from transferflow_tasks.training import decide_fine_tune, run_phase
 
 
 @flow(name="retrain", flow_run_name=retrain_run_name,
@@ -41,4 +41,4 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a f
     registered = promote_model(config, registered, promotion)
     announce_registration(metadata, registered)
     publish_report(metadata, registered)
-    return registered
+    return registered.model_dump()  # a plain dict, as the flow's result has always been

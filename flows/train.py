@@ -7,13 +7,13 @@ from typing import Literal
 
 from prefect import flow
 
-from flows.naming import train_run_name
-from tasks.credentials import use_credentials_block
-from tasks.training import run_phase, store_outcome
-from transferflow.config import RetrainConfig
+from transferflow.config import RetrainConfig, TrainOn
 from transferflow.data import DatasetRef
 from transferflow.errors import ConfigError
 from transferflow.phases import BackboneRef, PhaseOutcome
+from transferflow_flows.naming import train_run_name
+from transferflow_tasks.credentials import use_credentials_block
+from transferflow_tasks.training import run_phase, store_outcome
 
 
 @flow(name="train", flow_run_name=train_run_name,
@@ -27,5 +27,5 @@ def train(config: RetrainConfig, dataset: DatasetRef, run_id: str,
         raise ConfigError("phase fine_tune needs the head parameter (the head phase's outcome)")
     use_credentials_block()
     inputs = {"backbone": backbone} if phase == "head" else {"head": head}
-    outcome = run_phase(phase, "local", config, dataset, run_id, **inputs)
+    outcome = run_phase(phase, TrainOn.LOCAL, config, dataset, run_id, **inputs)
     return store_outcome(run_id, phase, outcome)

@@ -1,10 +1,10 @@
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 from transferflow import phases
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
+from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
 
 @task(name="build_backbone", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,

@@ -3,11 +3,11 @@ from datetime import timedelta
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks.policies import retry_transient
 from transferflow import phases
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
 from transferflow.preflight import preflight
+from transferflow_tasks.policies import retry_transient
 
 
 @task(name="check_storage")

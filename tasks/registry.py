@@ -1,24 +1,25 @@
 from prefect import task
 from prefect.logging import get_run_logger
 
-from tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
-from transferflow import phases
+from transferflow import phases, publishing
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
 from transferflow.gate import PromotionDecision
+from transferflow.registry.documents import Registration, TrainingRecord
+from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
 
 @task(name="register_model", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
       retry_condition_fn=retry_transient)
-def register_model(config: RetrainConfig, metadata: dict, final: phases.PhaseOutcome,
-                   run_id: str) -> dict:
+def register_model(config: RetrainConfig, metadata: TrainingRecord, final: phases.PhaseOutcome,
+                   run_id: str) -> Registration:
     """Publish a verified new version, move `latest`, then drop the run's staged models.
 
     Safe to retry: the same run_id reuses the version it reserved.
     """
     logger = get_run_logger()
-    registered = phases.register_model(config, metadata, final, run_id, logger=logger)
-    removed = phases.cleanup_run(run_id)
+    registered = publishing.register_model(config, metadata, final, run_id, logger=logger)
+    removed = publishing.cleanup_run(run_id)
     logger.info("removed %d staged objects of run %s", removed, run_id)
     return registered
 
@@ -27,19 +28,20 @@ def register_model(config: RetrainConfig, metadata: dict, final: phases.PhaseOut
       retry_condition_fn=retry_transient)
 def decide_promotion(config: RetrainConfig, dataset: DatasetRef, test: dict) -> PromotionDecision:
     """Bless the new model or not: the accuracy floor, and no worse than production."""
-    return phases.decide_promotion(config, dataset, test, logger=get_run_logger())
+    return publishing.decide_promotion(config, dataset, test, logger=get_run_logger())
 
 
 @task(name="export_model", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
       retry_condition_fn=retry_transient)
 def export_model(final: phases.PhaseOutcome, run_id: str) -> dict:
     """Stage a TensorFlow SavedModel (for TF Serving) of the final model."""
-    return phases.export_model(final, run_id, logger=get_run_logger())
+    return publishing.export_model(final, run_id, logger=get_run_logger())
 
 
 # No retries: a conflict (production moved while this run was deciding) must surface, not be
 # papered over by a second attempt that would compare against a different production.
 @task(name="promote_model")
-def promote_model(config: RetrainConfig, registered: dict, decision: PromotionDecision) -> dict:
+def promote_model(config: RetrainConfig, registered: Registration,
+                  decision: PromotionDecision) -> Registration:
     """Move production (or candidate) to the new version if the gate blessed it."""
-    return phases.apply_promotion(config, registered, decision, logger=get_run_logger())
+    return publishing.apply_promotion(config, registered, decision, logger=get_run_logger())

@@ -22,15 +22,15 @@ CHILD_GRACE_S = 300.0  # the child's own task timeout fires first; this covers s
 
 
 @task(name="choose_training_target")
-def choose_training_target(config: RetrainConfig) -> str:
-    """'gpu-pool' or 'local', from config.train_on and whether train/gpu is deployed."""
+def choose_training_target(config: RetrainConfig) -> TrainOn:
+    """GPU_POOL or LOCAL, from config.train_on and whether train/gpu is deployed."""
     logger = get_run_logger()
     deployed = _deployment_exists(TRAIN_DEPLOYMENT)
     if config.train_on == TrainOn.GPU_POOL and not deployed:
         raise ConfigError(f"train_on is gpu-pool but deployment {TRAIN_DEPLOYMENT} does not exist on "
                           "this Prefect server: run `make deploy` (and a gpu worker), or use auto/local")
-    target = "gpu-pool" if config.train_on != TrainOn.LOCAL and deployed else "local"
-    logger.info("training runs %s (train_on=%s, %s %s)", "on the gpu pool" if target == "gpu-pool"
+    target = TrainOn.GPU_POOL if config.train_on != TrainOn.LOCAL and deployed else TrainOn.LOCAL
+    logger.info("training runs %s (train_on=%s, %s %s)", "on the gpu pool" if target == TrainOn.GPU_POOL
                 else "in this process", config.train_on, TRAIN_DEPLOYMENT,
                 "deployed" if deployed else "not deployed")
     return target

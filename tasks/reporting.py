@@ -7,33 +7,34 @@ from prefect.events import emit_event
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
-from tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 from transferflow import storage
 from transferflow.charts import learning_curve_png
+from transferflow.registry.documents import Registration, TrainingRecord
 from transferflow.report import run_report
+from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
 CURVE_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 
 
 @task(name="publish_report", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
       retry_condition_fn=retry_transient)
-def publish_report(metadata: dict, registered: dict) -> None:
+def publish_report(metadata: TrainingRecord, registered: Registration) -> None:
     """The run's report in the UI: markdown summary, per-class table, model link, learning curve."""
-    name, version = registered["name"], registered["version"]
+    name, version = registered.name, registered.version
     bucket = storage.bucket_name()
     key = f"reports/{name}/{version:06d}/learning_curve.png"
-    histories = [m["history"] for m in (metadata["metrics"]["head"], metadata["metrics"]["fine_tune"]) if m]
+    histories = [m.history for m in (metadata.metrics.head, metadata.metrics.fine_tune) if m is not None]
     storage.put_bytes(bucket, key, learning_curve_png(histories), "image/png")
     curve_url = storage.presigned_get(bucket, key, CURVE_URL_LIFETIME_S)
     elapsed = _seconds_since_flow_start()
     create_markdown_artifact(run_report(metadata, registered, curve_url, elapsed), key="retrain-report",
                              description=f"{name} version {version}")
-    rows = [{"class": cls, "test_accuracy": row["accuracy"], "images": row["support"]}
-            for cls, row in metadata["metrics"]["test"]["per_class"].items()]
+    rows = [{"class": cls, "test_accuracy": row.accuracy, "images": row.support}
+            for cls, row in metadata.metrics.test.per_class.items()]
     create_table_artifact(rows, key="per-class-accuracy", description="per-class test accuracy")
-    location = storage.parse_s3_uri(registered["artifact_uri"])
+    location = storage.parse_s3_uri(registered.artifact_uri)
     create_link_artifact(storage.object_url(location.bucket, location.key), key="model-artifact",
-                         link_text=registered["artifact_uri"], description=f"{name}:{version} model.keras")
+                         link_text=registered.artifact_uri, description=f"{name}:{version} model.keras")
     get_run_logger().info("report published (learning curve at s3://%s/%s)", bucket, key)
 
 
@@ -46,17 +47,16 @@ def _seconds_since_flow_start() -> float | None:
 
 
 @task(name="announce_registration")
-def announce_registration(metadata: dict, registered: dict) -> None:
+def announce_registration(metadata: TrainingRecord, registered: Registration) -> None:
     """Emit transferflow.model.registered, for automations (deployments/prefect.yaml has one)."""
-    name, version = registered["name"], registered["version"]
-    test = metadata["metrics"]["test"]
+    name, version = registered.name, registered.version
     emit_event(
         event="transferflow.model.registered",
         resource={"prefect.resource.id": f"transferflow.model.{name}",
                   "prefect.resource.name": name, "transferflow.version": str(version)},
         payload={"name": name, "version": version, "reference": f"{name}:{version}",
-                 "artifact_uri": registered["artifact_uri"], "test_accuracy": test["accuracy"],
-                 "val_accuracy": metadata["metrics"]["head"]["val_accuracy"],
-                 "final_phase": metadata["gate"]["final_phase"]},
+                 "artifact_uri": registered.artifact_uri, "test_accuracy": metadata.test_accuracy,
+                 "val_accuracy": metadata.metrics.head.val_accuracy,
+                 "final_phase": metadata.gate.final_phase},
     )
     get_run_logger().info("emitted transferflow.model.registered for %s:%d", name, version)

@@ -3,7 +3,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 from transferflow import phases
-from transferflow.config import RetrainConfig
+from transferflow.config import RetrainConfig, TrainOn
 from transferflow.data import DatasetRef
 from transferflow.gate import GateDecision
 
@@ -53,13 +53,13 @@ def store_outcome(run_id: str, phase: str, outcome) -> str:
     return phases.store_outcome(run_id, phase, outcome)
 
 
-def run_phase(phase: str, target: str, config: RetrainConfig, dataset: DatasetRef, run_id: str,
+def run_phase(phase: str, target: TrainOn, config: RetrainConfig, dataset: DatasetRef, run_id: str,
               **inputs):
     """A training phase ("head" needs backbone=, "fine_tune" needs head=), in this process
-    or as a train/gpu subflow on the gpu pool (target "gpu-pool")."""
+    (target LOCAL) or as a train/gpu subflow on the gpu pool (target GPU_POOL)."""
     training_task, outcome_type = PHASES[phase]
-    if target == "gpu-pool":
-        from tasks.remote import train_on_gpu_pool
+    if target == TrainOn.GPU_POOL:
+        from transferflow_tasks.remote import train_on_gpu_pool
 
         return train_on_gpu_pool(config, phase, run_id, outcome_type, dataset=dataset, **inputs)
     return with_timeout(training_task, config)(config=config, dataset=dataset, run_id=run_id, **inputs)

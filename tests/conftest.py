@@ -31,7 +31,7 @@ def isolated_environment(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
-    from transferflow import s3server
+    from transferflow.devstack import s3server
 
     server = s3server.start(tmp_path_factory.mktemp("seaweedfs"), access_key="tf-test-access",
                             secret_key="tf-test-" + secrets.token_hex(12))
@@ -64,7 +64,7 @@ def bucket(s3_server, monkeypatch):
 @pytest.fixture(scope="session")
 def sample_dataset(tmp_path_factory) -> Path:
     """3 learnable classes x 30 images at 32 px, PNG and JPEG mixed."""
-    from transferflow.samples import write_dataset
+    from transferflow.devstack.samples import write_dataset
 
     return write_dataset(tmp_path_factory.mktemp("data") / "shapes", classes=3, per_class=30)
 
@@ -72,7 +72,7 @@ def sample_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def random_weights(tmp_path_factory) -> Path:
     """A randomly initialised headless VGG16, saved as real weights are."""
-    from transferflow.samples import write_random_weights
+    from transferflow.devstack.samples import write_random_weights
 
     return write_random_weights(tmp_path_factory.mktemp("weights") / "vgg16-random.weights.h5")
 

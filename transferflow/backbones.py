@@ -211,11 +211,11 @@ def resolve_weights(weights: str) -> str | Path | None:
     if weights == "none":
         return None
     if weights.startswith("s3://"):
-        from transferflow import storage
+        from transferflow import localcache
         from transferflow.errors import StorageError
 
         try:
-            return storage.cached_download(weights)
+            return localcache.cached_download(weights)
         except StorageError as exc:
             raise WeightsError(f"cannot fetch weights {weights}: {exc}") from None
     path = Path(weights.removeprefix("file://")).expanduser()

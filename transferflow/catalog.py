@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from transferflow import mirror, storage
+from transferflow import storage
 from transferflow.config import dataset_slug
+from transferflow.data import mirror
 
 
 def prepared(bucket: str) -> list[dict]:

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from transferflow import storage
+from transferflow import localcache, storage
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class S3Checkpoint(keras.callbacks.Callback):
             variable.assign(value)
 
     def _download(self, name: str) -> Path:
-        return storage.cached_download(f"s3://{self.location.bucket}/{self.location.key}/{name}")
+        return localcache.cached_download(f"s3://{self.location.bucket}/{self.location.key}/{name}")
 
     def _restore_early_stopping(self, state: dict) -> None:
         stopper = self.early_stopping

@@ -27,6 +27,11 @@ def _number_or_auto(kind: str, low: float, high: float) -> dict:
     return {"anyOf": [{"type": kind, "minimum": low, "maximum": high}, {"type": "string", "const": "auto"}]}
 
 
+def has_credentials(uri: str) -> bool:
+    """Whether a URI carries user:password@ before its host (which would reach logs and metadata)."""
+    return "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]
+
+
 class TrainOn(StrEnum):
     """Where the training phases run."""
 
@@ -206,7 +211,7 @@ class RetrainConfig(BaseModel):
         value = value.strip()
         if value.lower() in WEIGHT_CHOICES:
             return value.lower()
-        if "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        if has_credentials(value):
             raise ValueError("weights URI contains credentials (user:password@): put the file in S3 or on "
                              "disk and the credentials in the environment")
         if value.startswith(("http://", "https://")):
@@ -268,7 +273,7 @@ class RetrainConfig(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _no_credentials_in_urls(cls, value: str) -> str:
-        if "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+        if has_credentials(value):
             raise ValueError("dataset URL contains credentials (user:password@): they would end up in "
                              "logs and metadata; copy the data to S3 and pass s3://..., with the "
                              "credentials in the environment")

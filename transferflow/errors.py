@@ -48,3 +48,7 @@ class RegistryError(TransferflowError):
 
 class TrainingError(TransferflowError):
     """Training diverged or produced an unusable model."""
+
+
+class CLIError(TransferflowError):
+    """A command line that cannot be carried out as given (a missing --yes, a bad --top-k)."""

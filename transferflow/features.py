@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from transferflow import storage
+from transferflow import localcache, storage
 from transferflow.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _read_split(location: storage.S3Location, entry: dict) -> np.ndarray:
     for shard in entry["shards"]:
         uri = f"s3://{location.bucket}/{location.key}/{shard['name']}"
         try:
-            path = storage.cached_download(uri)
+            path = localcache.cached_download(uri)
         except StorageError as exc:
             raise DamagedFeatures(f"{shard['name']}: {exc}") from None
         if storage.sha256_file(path) != shard["sha256"]:

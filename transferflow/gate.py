@@ -7,7 +7,11 @@ class) on the same images, by a one-sided binomial test at ALPHA.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic import BaseModel
+
+from transferflow.registry.documents import VersionMetadata
 
 ALPHA = 0.01  # "clearly better than chance": a 1-in-100 false alarm
 
@@ -131,11 +135,19 @@ def keep_fine_tuned(head_val_accuracy: float, tuned_val_accuracy: float) -> Gate
                         f"{head_val_accuracy:.4f}: regressed, keeping the head-only model")
 
 
+class PromotionAction(StrEnum):
+    """What happens to a new version after the promotion gate."""
+
+    PROMOTE = "promote"  # blessed, and production moves to it
+    CANDIDATE = "candidate"  # blessed, marked candidate (auto_promote is off)
+    NONE = "none"  # not blessed: production unchanged
+
+
 class PromotionDecision(BaseModel):
     """Whether a new version is blessed (TFX Evaluator semantics), and what happens to it."""
 
     blessed: bool
-    action: str  # promote | candidate | none
+    action: PromotionAction
     test_accuracy: float
     min_accuracy: float  # the floor applied: fixed, or the majority-class baseline for auto
     floor_rule: str = "fixed"  # fixed | auto (significantly above the majority-class baseline)
@@ -148,7 +160,7 @@ class PromotionDecision(BaseModel):
 
 
 def promotion_gate(test_accuracy: float, fingerprint: str, min_accuracy: float | str, tolerance: float,
-                   auto_promote: bool, production: tuple[int, dict] | None,
+                   auto_promote: bool, production: tuple[int, VersionMetadata | dict] | None,
                    test_counts: list[int] | None = None) -> PromotionDecision:
     """Blessed when test accuracy clears the floor and is no worse than production's own recorded
     test accuracy by more than `tolerance` (skipped when nothing is in production yet).
@@ -172,21 +184,22 @@ def promotion_gate(test_accuracy: float, fingerprint: str, min_accuracy: float |
     if production is None:
         reasons.append("no production version yet: baseline check skipped")
     else:
-        version, meta = production
-        recorded = meta["metrics"]["test"]["accuracy"]
-        same = meta["dataset"]["fingerprint"] == fingerprint
+        version, meta = production[0], VersionMetadata.model_validate(production[1])
+        recorded = meta.test_accuracy
+        same = meta.dataset.fingerprint == fingerprint
         facts.update(production_version=version, production_accuracy=recorded, same_dataset=same)
         holds = test_accuracy >= recorded - tolerance
         blessed = blessed and holds
         reasons.append(f"{'no worse than' if holds else 'worse than'} production v{version}'s {recorded:.4f} "
                        f"{'within' if holds else 'by more than'} tolerance {tolerance:.4f}")
         if not same:
-            theirs = meta["dataset"]["fingerprint"][:12]
+            theirs = meta.dataset.fingerprint[:12]
             reasons.append(f"note: production was evaluated on dataset {theirs}, this version on "
                            f"{fingerprint[:12]}: the accuracies are not directly comparable")
-    action = ("promote" if auto_promote else "candidate") if blessed else "none"
-    outcome = {"promote": "blessed: moving production to it",
-               "candidate": "blessed: marked candidate (auto_promote is off)",
-               "none": "not blessed: production unchanged"}[action]
+    action = (PromotionAction.PROMOTE if auto_promote else PromotionAction.CANDIDATE) if blessed \
+        else PromotionAction.NONE
+    outcome = {PromotionAction.PROMOTE: "blessed: moving production to it",
+               PromotionAction.CANDIDATE: "blessed: marked candidate (auto_promote is off)",
+               PromotionAction.NONE: "not blessed: production unchanged"}[action]
     return PromotionDecision(blessed=blessed, action=action, reason="; ".join(reasons) + f" -> {outcome}",
                              **facts)

@@ -6,6 +6,9 @@ The model takes raw RGB pixel values (0-255); preprocessing is inside it.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import keras
 import numpy as np
 
@@ -185,9 +188,6 @@ def load_classifier(path: str) -> keras.Model:
 
 def save_to(model: keras.Model, uri: str) -> tuple[str, int]:
     """Save a model as .keras to an s3:// URI; returns its (sha256, size)."""
-    import tempfile
-    from pathlib import Path
-
     from transferflow import storage
 
     location = storage.parse_s3_uri(uri)
@@ -201,6 +201,6 @@ def save_to(model: keras.Model, uri: str) -> tuple[str, int]:
 
 def load_from(uri: str) -> keras.Model:
     """Load a .keras model from an s3:// URI (cached locally by ETag)."""
-    from transferflow import storage
+    from transferflow import localcache
 
-    return load_classifier(str(storage.cached_download(uri)))
+    return load_classifier(str(localcache.cached_download(uri)))

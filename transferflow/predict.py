@@ -67,15 +67,15 @@ def predict(reference: str, sources: list[str], top_k: int = 3) -> tuple[str, li
 
     registry = Registry()
     name, version = registry.resolve(reference)
-    meta = registry.metadata(name, version)
+    meta = registry.record(name, version)
     model = load_model(f"{name}:{version}")
     with tempfile.TemporaryDirectory() as tmp:
         images = collect_images(sources, Path(tmp))
-        decoded = decode_images([path for _, path in images], meta["image_size"])
+        decoded = decode_images([path for _, path in images], meta.image_size)
     if decoded.bad:
         raise DatasetError("cannot decode " + ", ".join(images[i][0] for i in decoded.bad))
     probabilities = model.predict(decoded.images.astype(np.float32), verbose=0)
-    return f"{name}:{version}", [_top(shown, row, meta["classes"], top_k)
+    return f"{name}:{version}", [_top(shown, row, meta.classes, top_k)
                                  for (shown, _), row in zip(images, probabilities, strict=True)]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import urllib.parse
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def preflight(config: RetrainConfig, *, as_flags: bool = False) -> None:
 
 def check_dataset(dataset: str, label: str = "dataset") -> None:
     """A built-in, a well-formed archive URL, an s3:// prefix holding objects, or an existing path."""
-    from transferflow.builtins import BUILTINS
+    from transferflow.data.builtins import BUILTINS
 
     if dataset in BUILTINS:
         _check_origin_resolves(dataset, label)
@@ -54,7 +55,7 @@ def _scheme(uri: str) -> str:
 
 def _check_archive_url(url: str, label: str) -> None:
     from transferflow.data import ARCHIVE_SUFFIXES
-    from transferflow.downloads import Checksum, redact
+    from transferflow.data.downloads import Checksum, redact
 
     try:
         base, _ = Checksum.from_fragment(url)
@@ -75,10 +76,8 @@ def _check_origin_resolves(dataset: str, label: str) -> None:
     """A remote source that is not mirrored yet needs its origin: refuse a host that does not
     resolve (permanently) now, not after Prefect's start-up and a failed download stage.
     Mirrored sources pass: workers without internet read the mirror."""
-    import socket
-
     from transferflow.data import remote_source
-    from transferflow.downloads import PERMANENT_DNS
+    from transferflow.data.downloads import PERMANENT_DNS
     from transferflow.errors import PermanentDownloadError
 
     remote = remote_source(dataset)
@@ -111,8 +110,8 @@ def _check_s3_prefix(uri: str, label: str) -> None:
 
 
 def _check_local_dataset(dataset: str, label: str) -> None:
-    from transferflow.builtins import BUILTINS
     from transferflow.data import ARCHIVE_SUFFIXES
+    from transferflow.data.builtins import BUILTINS
 
     path = Path(dataset.removeprefix("file://")).expanduser()
     if not path.exists():

@@ -271,14 +271,10 @@ STORE_ID_KEY = "_transferflow/store.json"
 def store_id(bucket: str) -> str:
     """A random id written into the bucket the first time it is asked for: it changes when the
     store or bucket is wiped, so caches kept outside the store (Prefect's) can tell."""
-    found = get_json(bucket, STORE_ID_KEY)
-    if found is None:
-        try:
+    if get_json(bucket, STORE_ID_KEY) is None:
+        with contextlib.suppress(PreconditionFailed):  # another process wrote it first: use theirs
             put_json(bucket, STORE_ID_KEY, {"id": uuid.uuid4().hex}, if_none_match=True)
-        except PreconditionFailed:
-            pass  # another process wrote it first: use theirs
-        found = get_json(bucket, STORE_ID_KEY)
-    return found[0]["id"]
+    return get_json(bucket, STORE_ID_KEY)[0]["id"]
 
 
 def get_json(bucket: str, key: str) -> tuple[Any, str] | None:
@@ -380,30 +376,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def cache_dir() -> Path:
-    """Local cache for downloads and prepared data (TRANSFERFLOW_CACHE_DIR)."""
-    root = os.environ.get("TRANSFERFLOW_CACHE_DIR") or Path.home() / ".cache" / "transferflow"
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def cached_download(uri: str) -> Path:
-    """Download an s3:// object into the cache, reusing the copy while its ETag is unchanged."""
-    location = parse_s3_object_uri(uri)
-    info = head(location.bucket, location.key)
-    if info is None:
-        raise StorageError(f"{uri} does not exist at {endpoint_label()}: check the URI")
-    etag = info["ETag"].strip('"')
-    target = cache_dir() / "s3" / location.bucket / location.key
-    stamp = target.with_name(target.name + ".etag")
-    if target.is_file() and stamp.is_file() and stamp.read_text() == etag:
-        return target
-    download_file(location.bucket, location.key, target)
-    stamp.write_text(etag)
-    return target
 
 
 def put_bytes(bucket: str, key: str, body: bytes, content_type: str) -> None:

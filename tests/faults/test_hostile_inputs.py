@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from transferflow import cli, storage
+from transferflow import cli, localcache, storage
 from transferflow.config import RetrainConfig
 from transferflow.data import PrepareOptions, decode_images, prepare_dataset
 from transferflow.errors import DatasetError, TransferflowError, WeightsError
@@ -128,7 +128,7 @@ def archive_with(path: Path, sample: Path, extra: list[tuple[tarfile.TarInfo, by
 
 def extracted_folder(archive: Path) -> Path:
     """Where prepare_dataset unpacks a local archive (transferflow.data.local_folder)."""
-    return storage.cache_dir() / "extracted" / hashlib.sha256(str(archive.resolve()).encode()).hexdigest()
+    return localcache.cache_dir() / "extracted" / hashlib.sha256(str(archive.resolve()).encode()).hexdigest()
 
 
 @pytest.fixture(scope="module")

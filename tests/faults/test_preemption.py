@@ -13,7 +13,7 @@ import pytest
 
 from transferflow import storage
 from transferflow.checkpoints import POINTER
-from transferflow.samples import sample_image
+from transferflow.devstack.samples import sample_image
 from transferflow.training import fit_phase
 
 
@@ -144,7 +144,7 @@ def recording_model(seen: list, fail_at_step: int | None = None):
 
 
 def streamed(images: np.ndarray, labels: np.ndarray, bucket: str, monkeypatch):
-    from transferflow import records
+    from transferflow.data import records
 
     monkeypatch.setattr(records, "SHARD_BYTES", 20 * images[0].nbytes)  # 3 shards
     shards, stored = records.write_split([(images, labels)], bucket, "datasets/ids", "train")

@@ -9,8 +9,9 @@ import secrets
 import numpy as np
 import pytest
 
-from transferflow import s3server, storage
+from transferflow import storage
 from transferflow.checkpoints import POINTER
+from transferflow.devstack import s3server
 from transferflow.errors import StorageError
 from transferflow.registry import Registry
 

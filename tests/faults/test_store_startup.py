@@ -10,7 +10,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from transferflow import s3server, stack, storage
+from transferflow import storage
+from transferflow.devstack import s3server, stack
 from transferflow.errors import StorageError
 
 KEY = "startup-access"

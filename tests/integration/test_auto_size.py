@@ -5,7 +5,7 @@ import logging
 import pytest
 
 from transferflow.data import PrepareOptions, prepare_dataset
-from transferflow.samples import write_dataset
+from transferflow.devstack.samples import write_dataset
 
 AUTO = PrepareOptions(image_size="auto", val_fraction=0.2, test_fraction=0.2, seed=0, auto_bounds=(32, 224))
 
@@ -20,7 +20,8 @@ def test_auto_prepares_at_the_photos_size_and_a_rerun_reads_no_image(bucket, tmp
     assert sized == ref  # the same stored copy as an explicit --image-size 96
 
     caplog.clear()
-    monkeypatch.setattr("transferflow.data.image_shape", lambda path: pytest.fail("read a header again"))
+    monkeypatch.setattr("transferflow.data.prepare.image_shape",
+                        lambda path: pytest.fail("read a header again"))
     with caplog.at_level(logging.INFO):
         again = prepare_dataset(str(folder), AUTO)
     assert "image size auto" not in caplog.text and "already prepared" in caplog.text

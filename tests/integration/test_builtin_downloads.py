@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.unit.test_builtins import extractor, write_cifar10, write_flowers, write_idx_set
-from transferflow.builtins import BUILTINS, Arrays, Builtin, Folder
-from transferflow.downloads import Checksum, download
+from transferflow.data.builtins import BUILTINS, Arrays, Builtin, Folder
+from transferflow.data.downloads import Checksum, download
 from transferflow.errors import ChecksumError
 
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import upload_folder
-from transferflow import storage
+from transferflow import localcache, storage
 from transferflow.data import PrepareOptions, load_prepared, prepare_dataset, remote_source
+from transferflow.devstack.samples import write_dataset
 from transferflow.errors import (
     ChecksumError,
     DatasetError,
@@ -20,7 +21,6 @@ from transferflow.errors import (
     PermanentDownloadError,
     PermanentError,
 )
-from transferflow.samples import write_dataset
 
 OPTIONS = PrepareOptions(image_size=32, val_fraction=0.1, test_fraction=0.1, seed=0)
 
@@ -132,14 +132,14 @@ def test_http_archive_with_bad_checksum_is_refused(bucket, http_root):
                        + ", got [0-9a-f]{64} on two downloads: permanent, not retried"):
         prepare_dataset(url, OPTIONS)
     assert hits.count("/shapes.tar.gz") - before == 2
-    folder = storage.cache_dir() / "downloads" / remote_source(url).source_id[:16]
+    folder = localcache.cache_dir() / "downloads" / remote_source(url).source_id[:16]
     assert folder.is_dir() and list(folder.iterdir()) == []  # no file, .part or .validator left
     assert list(storage.list_keys(bucket, "")) == []
 
 
 def test_unknown_host_fails_at_once_naming_it(bucket, monkeypatch):
     sleeps = []
-    monkeypatch.setattr("transferflow.downloads.time.sleep", sleeps.append)
+    monkeypatch.setattr("transferflow.data.downloads.time.sleep", sleeps.append)
     with pytest.raises(PermanentDownloadError, match="download of http://example.invalid/shapes.tar.gz "
                        "failed: cannot resolve host example.invalid: permanent, not retried"):
         prepare_dataset("http://example.invalid/shapes.tar.gz", OPTIONS)
@@ -204,7 +204,7 @@ def scripted_server(payload: bytes, script: list):
 
 def test_download_resumes_after_a_dropped_connection(tmp_path):
     """A server that cuts the first response short: the retry asks for the rest (Range)."""
-    from transferflow.downloads import Checksum, download
+    from transferflow.data.downloads import Checksum, download
 
     payload = bytes(range(256)) * 4000
     with scripted_server(payload, [0.5, 1]) as (url, requests):
@@ -216,7 +216,7 @@ def test_download_resumes_after_a_dropped_connection(tmp_path):
 
 def test_download_retries_server_errors_then_resumes(tmp_path, caplog):
     """500, then a connection dropped mid-body, then the rest: one verified file."""
-    from transferflow.downloads import Checksum, download
+    from transferflow.data.downloads import Checksum, download
 
     payload = bytes(range(256)) * 3000
     caplog.set_level("INFO")
@@ -230,7 +230,7 @@ def test_download_retries_server_errors_then_resumes(tmp_path, caplog):
 def test_http_missing_file_fails_at_once(bucket, http_root, monkeypatch):
     base, _, hits = http_root
     before, sleeps = hits.count("/missing.tar.gz"), []
-    monkeypatch.setattr("transferflow.downloads.time.sleep", sleeps.append)
+    monkeypatch.setattr("transferflow.data.downloads.time.sleep", sleeps.append)
     with pytest.raises(PermanentDownloadError, match="download of .*/missing.tar.gz failed: HTTP 404 "
                                                      "File not found: permanent, not retried. Check the URL"):
         prepare_dataset(f"{base}/missing.tar.gz#sha256={'0' * 64}", OPTIONS)
@@ -239,7 +239,7 @@ def test_http_missing_file_fails_at_once(bucket, http_root, monkeypatch):
 
 
 def test_bytes_damaged_once_are_downloaded_once_more(tmp_path, caplog):
-    from transferflow.downloads import Checksum, download
+    from transferflow.data.downloads import Checksum, download
 
     payload = bytes(range(256)) * 1000
     caplog.set_level("WARNING")
@@ -250,7 +250,7 @@ def test_bytes_damaged_once_are_downloaded_once_more(tmp_path, caplog):
 
 
 def test_bytes_damaged_differently_twice_stay_transient(tmp_path):
-    from transferflow.downloads import Checksum, download
+    from transferflow.data.downloads import Checksum, download
 
     payload = bytes(range(256)) * 1000
     with scripted_server(payload, [b"damaged once", b"damaged twice", 1]) as (url, seen):

@@ -13,9 +13,10 @@ import uuid
 import pytest
 
 from tests.conftest import upload_folder
-from transferflow import daemons, s3server, storage
+from transferflow import storage
+from transferflow.devstack import daemons, s3server
+from transferflow.devstack.stack import Stack, api, deployments, down, up
 from transferflow.registry import Registry
-from transferflow.stack import Stack, api, deployments, down, up
 
 pytestmark = pytest.mark.slow
 

@@ -11,11 +11,11 @@ import time
 
 import pytest
 
-from tasks import remote
 from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.errors import ConfigError, RegistryError, TrainingError
 from transferflow.phases import PhaseOutcome
+from transferflow_tasks import remote
 
 LOG = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def registered(bucket, sample_dataset):
 
 @pytest.mark.slow
 def test_evaluation_reproduces_an_untouched_version(prefect_api, registered):
-    from flows.evaluate import evaluate_registered
+    from transferflow_flows.evaluate import evaluate_registered
 
     register, accuracy = registered
     register(accuracy)
@@ -184,7 +184,7 @@ def test_evaluation_reproduces_an_untouched_version(prefect_api, registered):
 
 @pytest.mark.slow
 def test_evaluation_fails_on_tampered_bytes(prefect_api, bucket, registered):
-    from flows.evaluate import evaluate_registered
+    from transferflow_flows.evaluate import evaluate_registered
 
     register, accuracy = registered
     artifact = storage.parse_s3_uri(register(accuracy))
@@ -198,7 +198,7 @@ def test_evaluation_fails_on_tampered_bytes(prefect_api, bucket, registered):
 
 @pytest.mark.slow
 def test_evaluation_fails_when_the_accuracy_drifts(prefect_api, registered):
-    from flows.evaluate import evaluate_registered
+    from transferflow_flows.evaluate import evaluate_registered
 
     register, accuracy = registered
     recorded = accuracy + 0.3 if accuracy < 0.7 else accuracy - 0.3

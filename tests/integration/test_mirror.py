@@ -11,8 +11,8 @@ from functools import partial
 import numpy as np
 import pytest
 
-from transferflow import builtins, mirror, storage
-from transferflow.data import PrepareOptions, prepare_dataset
+from transferflow import storage
+from transferflow.data import PrepareOptions, builtins, mirror, prepare_dataset
 from transferflow.errors import DownloadError
 
 OPTIONS = PrepareOptions(image_size=32, val_fraction=0.1, test_fraction=0.1, seed=0)
@@ -97,7 +97,7 @@ def test_an_unpinned_url_follows_its_origin_and_falls_back_to_the_mirror(bucket,
 
 
 def test_without_origin_or_mirror_the_error_says_what_to_do(bucket, origin, fresh_cache, monkeypatch):
-    monkeypatch.setattr("transferflow.downloads.time.sleep", lambda seconds: None)  # skip the backoff
+    monkeypatch.setattr("transferflow.data.downloads.time.sleep", lambda seconds: None)  # skip the backoff
     origin.stop()
     with pytest.raises(DownloadError, match="without internet"):
         prepare_dataset(f"{origin.base}/shapes.tar.gz", OPTIONS)

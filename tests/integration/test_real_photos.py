@@ -55,7 +55,7 @@ def prefect_server():
 
 
 def test_real_photos_train_well_above_chance_with_fine_tuning(prefect_server, bucket, real_kit):
-    from flows.retrain import retrain
+    from transferflow_flows.retrain import retrain
 
     photos, weights = real_kit
     storage.upload_file(weights, bucket, "weights/vgg16-pretrained.weights.h5")

@@ -10,10 +10,10 @@ import pytest
 
 from tests.integration.test_cli import run_cli
 from tests.integration.test_registry import stage
-from transferflow import registry as registry_module
 from transferflow import storage
 from transferflow.errors import RegistryError, StorageError
 from transferflow.registry import MODELS, Registry, verified_download
+from transferflow.registry import maintenance as registry_module
 
 CLASSES = ("circle", "square")
 

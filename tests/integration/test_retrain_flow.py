@@ -39,7 +39,7 @@ def learnable_config(dataset: str, weights: str, **overrides) -> RetrainConfig:
 
 
 def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
-    from flows.retrain import retrain
+    from transferflow_flows.retrain import retrain
 
     dataset_uri, weights_uri = s3_inputs
     config = learnable_config(dataset_uri, weights_uri)
@@ -119,7 +119,7 @@ def artifacts_of(flow_run_id: str) -> dict[str, list]:
 
 
 def test_gate_skips_fine_tuning_for_a_weak_head(prefect_server, bucket, s3_inputs):
-    from flows.retrain import retrain
+    from transferflow_flows.retrain import retrain
 
     config = learnable_config(*s3_inputs, head_epochs=1, head_learning_rate=1e-7,
                               fine_tune_gate=0.99, model_name="weak-head")
@@ -135,7 +135,7 @@ def test_gate_skips_fine_tuning_for_a_weak_head(prefect_server, bucket, s3_input
 
 
 def test_missing_dataset_fails_before_training_and_registers_nothing(prefect_server, bucket, tmp_path):
-    from flows.retrain import retrain
+    from transferflow_flows.retrain import retrain
 
     with pytest.raises(DatasetError, match="does not exist"):
         retrain(config=RetrainConfig(dataset=str(tmp_path / "nowhere"), weights="none"))
@@ -145,7 +145,7 @@ def test_missing_dataset_fails_before_training_and_registers_nothing(prefect_ser
 def test_mismatched_weights_fail_before_training(prefect_server, bucket, s3_inputs, tmp_path):
     import keras
 
-    from flows.retrain import retrain
+    from transferflow_flows.retrain import retrain
 
     wrong = tmp_path / "other.weights.h5"
     keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]).save_weights(str(wrong))
@@ -160,7 +160,7 @@ def test_an_unchanged_dataset_is_not_prepared_twice(prefect_server, bucket, samp
 
     from prefect import flow
 
-    from tasks.dataset import download_dataset
+    from transferflow_tasks.dataset import download_dataset
 
     source = tmp_path / "shapes"
     shutil.copytree(sample_dataset, source)
@@ -187,8 +187,8 @@ def test_credentials_can_come_from_a_prefect_secret_block(prefect_server, bucket
     from prefect import flow
     from prefect.blocks.system import Secret
 
-    from tasks.credentials import use_credentials_block
-    from tasks.dataset import check_storage
+    from transferflow_tasks.credentials import use_credentials_block
+    from transferflow_tasks.dataset import check_storage
 
     keys = {"aws_access_key_id": os.environ["AWS_ACCESS_KEY_ID"],
             "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.integration.test_cli import run_cli
-from transferflow import phases, storage
+from transferflow import phases, publishing, storage
 from transferflow.config import RetrainConfig
 from transferflow.errors import RegistryError
 from transferflow.registry import Registry
@@ -24,14 +24,14 @@ def registered(bucket, sample_dataset, random_weights):
     dataset = phases.download_dataset(config, logger=QUIET)
     backbone = phases.build_backbone(config, logger=QUIET)
     head = phases.train_head(config, dataset, backbone, "run-1", logger=QUIET)
-    test = phases.evaluate_model(dataset, head.model_uri, 16, logger=QUIET)
-    promotion = phases.decide_promotion(config, dataset, test, logger=QUIET)
-    savedmodel = phases.export_model(head, "run-1", logger=QUIET)
+    test = publishing.evaluate_model(dataset, head.model_uri, 16, logger=QUIET)
+    promotion = publishing.decide_promotion(config, dataset, test, logger=QUIET)
+    savedmodel = publishing.export_model(head, "run-1", logger=QUIET)
     gate = phases.GateDecision(passed=False, metric="val_accuracy", value=0.0, threshold=0.0, reason="skip")
-    metadata = phases.build_metadata(config, dataset, backbone, head, gate, None, test, None, promotion,
+    metadata = publishing.build_metadata(config, dataset, backbone, head, gate, None, test, None, promotion,
                                      savedmodel)
-    result = phases.register_model(config, metadata, head, "run-1", logger=QUIET)
-    return phases.apply_promotion(config, result, promotion, logger=QUIET), sample_dataset
+    result = publishing.register_model(config, metadata, head, "run-1", logger=QUIET)
+    return publishing.apply_promotion(config, result, promotion, logger=QUIET), sample_dataset
 
 
 def test_a_version_carries_a_savedmodel_and_a_model_card(registered, tmp_path):
@@ -41,7 +41,7 @@ def test_a_version_carries_a_savedmodel_and_a_model_card(registered, tmp_path):
 
     result, dataset = registered
     meta = Registry().metadata("shapes", 1)
-    assert result["aliases"] == ["latest", "production"]  # first version: nothing to beat
+    assert result.aliases == ["latest", "production"]  # first version: nothing to beat
     assert meta["promotion"]["action"] == "promote"
     assert "no production version yet" in meta["promotion"]["reason"]
     signature = meta["exports"]["savedmodel"]

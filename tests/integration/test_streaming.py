@@ -5,9 +5,9 @@ import logging
 import numpy as np
 import pytest
 
-from transferflow import phases, records, storage
+from transferflow import phases, publishing, storage
 from transferflow.config import RetrainConfig
-from transferflow.data import PrepareOptions, load_prepared, prepare_dataset
+from transferflow.data import PrepareOptions, load_prepared, prepare_dataset, records
 from transferflow.errors import DatasetError
 from transferflow.training import split_dataset, split_labels
 
@@ -56,7 +56,7 @@ def test_a_streamed_dataset_trains_and_evaluates(bucket, sample_dataset, random_
     head = phases.train_head(config, dataset, backbone, "run-s", logger=quiet)  # cached features
     tuned = phases.fine_tune(config, dataset, head, "run-s", logger=quiet)  # end to end, streamed
     assert tuned.tuned.metrics["epochs_run"] == 1
-    test = phases.evaluate_model(dataset, tuned.chosen.model_uri, 16, logger=quiet)
+    test = publishing.evaluate_model(dataset, tuned.chosen.model_uri, 16, logger=quiet)
     assert test["images"] == sum(dataset.counts["test"].values())
 
 

@@ -12,8 +12,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from transferflow.builtins import BUILTINS, FASHION_CLASSES, Arrays, Folder
-from transferflow.downloads import extract
+from transferflow.data.builtins import BUILTINS, FASHION_CLASSES, Arrays, Folder
+from transferflow.data.downloads import extract
 from transferflow.errors import DatasetError
 
 PIXELS = 32 * 32 * 3

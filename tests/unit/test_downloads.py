@@ -4,7 +4,7 @@ import zipfile
 
 import pytest
 
-from transferflow.downloads import Checksum, extract
+from transferflow.data.downloads import Checksum, extract
 from transferflow.errors import DatasetError
 
 
@@ -123,18 +123,18 @@ def test_failed_extraction_leaves_no_staging_folder(tmp_path):
 
 
 def test_redact_hides_query_tokens():
-    from transferflow.downloads import redact
+    from transferflow.data.downloads import redact
 
     assert redact("https://h/x.tgz?X-Amz-Signature=abc") == "https://h/x.tgz?…"
     assert redact("https://h/x.tgz") == "https://h/x.tgz"
 
 
 def test_unknown_host_fails_at_once_as_permanent(tmp_path, monkeypatch):
-    from transferflow.downloads import download
+    from transferflow.data.downloads import download
     from transferflow.errors import PermanentDownloadError
 
     sleeps = []
-    monkeypatch.setattr("transferflow.downloads.time.sleep", sleeps.append)
+    monkeypatch.setattr("transferflow.data.downloads.time.sleep", sleeps.append)
     with pytest.raises(PermanentDownloadError, match="cannot resolve host example.invalid: permanent, not "
                                                      "retried. Check the host name"):
         download("http://example.invalid/shapes.tar.gz", tmp_path / "shapes.tar.gz")
@@ -150,7 +150,7 @@ def test_faults_are_sorted_into_permanent_and_transient(fault, permanent):
     import socket
     import urllib.error
 
-    from transferflow.downloads import permanent_fault
+    from transferflow.data.downloads import permanent_fault
 
     url = "https://data.example/x.tgz"
     exc = {
@@ -166,7 +166,6 @@ def test_retry_condition_does_not_retry_permanent_faults():
     """The Prefect task-level retry (tasks.policies) on a real failed State."""
     from prefect.states import Failed
 
-    from tasks.policies import retry_transient
     from transferflow.errors import (
         ChecksumError,
         DownloadError,
@@ -174,6 +173,7 @@ def test_retry_condition_does_not_retry_permanent_faults():
         PermanentDownloadError,
         StorageError,
     )
+    from transferflow_tasks.policies import retry_transient
 
     def retried(exc: Exception) -> bool:
         return retry_transient(None, None, Failed(data=exc))

@@ -9,8 +9,8 @@ import pytest
 
 from transferflow.backbones import get_spec
 from transferflow.compute import compute_scope, plan_compute
+from transferflow.devstack.samples import sample_image
 from transferflow.model import STANDARDIZE_LAYER, build_classifier, rebuild_classifier, unfreeze_top_blocks
-from transferflow.samples import sample_image
 from transferflow.training import (
     balanced_class_weights,
     compile_for,

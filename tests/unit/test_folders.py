@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from transferflow.data import decode_images, fingerprint_folder, scan_folder
+from transferflow.devstack.samples import write_dataset
 from transferflow.errors import DatasetError
-from transferflow.samples import write_dataset
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_large_jpegs_decoded_at_reduced_scale_match_a_full_decode(tmp_path):
     """DCT scaling (1/8 here) must give the picture a full decode + antialiased resize gives."""
     import tensorflow as tf
 
-    from transferflow.samples import sample_image
+    from transferflow.devstack.samples import sample_image
 
     rng = np.random.default_rng(0)
     big = tf.image.resize(sample_image(1, 32, rng)[None].astype("float32"), (512, 384)).numpy()[0]

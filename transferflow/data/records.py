@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferflow import storage
+from transferflow import localcache, storage
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class StreamSplit:
 
     def local_shards(self) -> list[str]:
         """The shards in the local cache (downloaded once, reused while their ETag holds)."""
-        return [str(storage.cached_download(uri)) for uri in self.shards]
+        return [str(localcache.cached_download(uri)) for uri in self.shards]
 
     def dataset(self, batch_size: int, shuffle: bool, seed: int):
         """Batches of (float32 pixels, int32 label), streamed from the shards: in order, or shuffled
@@ -138,7 +138,7 @@ def _upload(path: Path, bucket: str, prefix: str) -> str:
 
 
 def read_labels(bucket: str, prefix: str, split: str) -> np.ndarray:
-    path = storage.cached_download(f"s3://{bucket}/{prefix}/{split}-labels.npy")
+    path = localcache.cached_download(f"s3://{bucket}/{prefix}/{split}-labels.npy")
     return np.load(path, allow_pickle=False)
 
 

@@ -18,7 +18,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from transferflow import downloads, storage
+from transferflow import localcache, storage
+from transferflow.data import downloads
 from transferflow.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def fetch(bucket: str, entry: dict, logger=log) -> list[Path]:
     """The mirrored files, downloaded into the local cache and checked against their sha256."""
     paths = []
     for item in entry["files"]:
-        path = storage.cached_download(item["uri"])
+        path = localcache.cached_download(item["uri"])
         if storage.sha256_file(path) != item["sha256"]:
             path.unlink()
             raise DatasetError(f"mirrored file {item['uri']} does not match its recorded sha256: the "
@@ -118,7 +119,7 @@ def download(source: RemoteSource, logger=log) -> tuple[list[Path], list[dict | 
     for unpinned sources: recorded with the mirror, it can only be older than the bytes, so a
     change during the download makes the next run fetch again rather than trust stale bytes.
     """
-    folder = storage.cache_dir() / "downloads" / source.source_id[:16]
+    folder = localcache.cache_dir() / "downloads" / source.source_id[:16]
     origins = [None if source.pinned else downloads.probe(f.url) for f in source.files]
     paths = [downloads.download(f.url, folder / f.filename, f.checksum, logger=logger) for f in source.files]
     return paths, origins

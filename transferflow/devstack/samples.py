@@ -1,7 +1,7 @@
 """Small generated image datasets whose classes are learnable: for tests, demos and
 benchmarks, where real data cannot be downloaded.
 
-    python -m transferflow.samples DIR [--classes 3] [--per-class 40] [--size 32]
+    python -m transferflow.devstack.samples DIR [--classes 3] [--per-class 40] [--size 32]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def write_random_weights(path: Path, backbone: str = "vgg16", seed: int = 0) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m transferflow.samples", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m transferflow.devstack.samples", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
     parser.add_argument("--classes", type=int, default=3)

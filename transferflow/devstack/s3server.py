@@ -3,8 +3,8 @@
 Used by `make storage-up/storage-down` and by the test fixtures. The server binds
 to loopback only and requires the credentials it is started with.
 
-    python -m transferflow.s3server up [--dir .local/s3] [--port 8333]
-    python -m transferflow.s3server down [--dir .local/s3]
+    python -m transferflow.devstack.s3server up [--dir .local/s3] [--port 8333]
+    python -m transferflow.devstack.s3server down [--dir .local/s3]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from transferflow import daemons
+from transferflow.devstack import daemons
 
 GRPC_OFFSET = 10000  # weed listens on port+10000 for gRPC next to each HTTP port
 READY_TIMEOUT_S = 60
@@ -214,7 +214,7 @@ def down(data_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m transferflow.s3server", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m transferflow.devstack.s3server", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", type=Path, default=Path(".local/s3"), help="data directory")

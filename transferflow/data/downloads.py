@@ -267,23 +267,31 @@ def _check_member(name: str, archive: Path) -> None:
         raise DatasetError(f"archive {archive.name} has an unsafe member path {name!r}; refusing it")
 
 
+def _check_count(archive: Path, members: int, max_files: int) -> None:
+    if members > max_files:
+        raise DatasetError(f"archive {archive.name} has {members} members, more than the "
+                           f"limit of {max_files}; raise {MAX_FILES_VAR} if it is genuine")
+
+
+def _check_size(archive: Path, unpacked: int, max_bytes: int) -> None:
+    if unpacked > max_bytes:
+        raise DatasetError(f"archive {archive.name} unpacks to more than {max_bytes} bytes "
+                           f"(a zip bomb?); raise {MAX_BYTES_VAR} if it is genuine")
+
+
 def _extract_tar(archive: Path, staging: Path, max_bytes: int, max_files: int) -> None:
     total = 0
     try:
         with tarfile.open(archive) as tar:
             members = tar.getmembers()
-            if len(members) > max_files:
-                raise DatasetError(f"archive {archive.name} has {len(members)} members, more than the "
-                                   f"limit of {max_files}; raise {MAX_FILES_VAR} if it is genuine")
+            _check_count(archive, len(members), max_files)
             for member in members:
                 _check_member(member.name, archive)
                 if not (member.isfile() or member.isdir()):
                     raise DatasetError(f"archive {archive.name} member {member.name!r} is a link or "
                                        "device file; refusing it")
                 total += member.size
-                if total > max_bytes:
-                    raise DatasetError(f"archive {archive.name} unpacks to more than {max_bytes} bytes "
-                                       f"(a zip bomb?); raise {MAX_BYTES_VAR} if it is genuine")
+                _check_size(archive, total, max_bytes)
             tar.extractall(staging, members=members, filter="data")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DatasetError(f"archive {archive.name} is corrupt or truncated: {exc}") from None
@@ -293,12 +301,8 @@ def _extract_zip(archive: Path, staging: Path, max_bytes: int, max_files: int) -
     try:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
-            if len(infos) > max_files:
-                raise DatasetError(f"archive {archive.name} has {len(infos)} members, more than the "
-                                   f"limit of {max_files}; raise {MAX_FILES_VAR} if it is genuine")
-            if sum(info.file_size for info in infos) > max_bytes:
-                raise DatasetError(f"archive {archive.name} unpacks to more than {max_bytes} bytes "
-                                   f"(a zip bomb?); raise {MAX_BYTES_VAR} if it is genuine")
+            _check_count(archive, len(infos), max_files)
+            _check_size(archive, sum(info.file_size for info in infos), max_bytes)
             for info in infos:
                 _check_member(info.filename, archive)
                 if (info.external_attr >> 16) & 0o170000 == 0o120000:

@@ -1,7 +1,7 @@
 """The local Prefect stack: a `prefect server` (SQLite, loopback), the cpu and gpu
 process work pools, one worker per pool, and the deployments in deployments/.
 
-    python -m transferflow.stack up | down | status | server | pools | workers | deploy | ui | logs
+    python -m transferflow.devstack.stack up | down | status | server | pools | workers | deploy | ui | logs
 
 Used by the Makefile (stack-up, server, pools, ...) and by the deployment tests.
 State lives in .local/prefect/ (database, pid files, logs). Prefect is driven
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import urllib.error
@@ -20,10 +21,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transferflow import daemons, storage
+from transferflow import storage
+from transferflow.devstack import daemons
 from transferflow.errors import StorageError
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # transferflow/devstack/stack.py -> the checkout
 DEPLOYMENTS_FILE = PROJECT_DIR / "deployments" / "prefect.yaml"
 POOLS = {"cpu": "cpu-process.json", "gpu": "gpu-process.json"}
 WORKER_LIMITS = {"cpu": 4, "gpu": 1}  # one training run at a time per GPU worker
@@ -91,7 +93,7 @@ def start_server(stack: Stack) -> None:
     if daemons.read_pid(stack.pid_file("server")):
         print(f"Prefect server already running at {stack.ui_url}")
         return
-    from transferflow.s3server import port_is_free
+    from transferflow.devstack.s3server import port_is_free
 
     if not port_is_free(stack.port):  # else the health check would answer for someone else's server
         raise RuntimeError(f"port {stack.port} is taken by another process: stop it, or use "
@@ -106,8 +108,6 @@ def start_server(stack: Stack) -> None:
 
 def create_pools(stack: Stack) -> None:
     """Create or update the cpu and gpu process pools from deployments/pools/*.json."""
-    import subprocess
-
     for pool, template in POOLS.items():
         command = prefect_cli("work-pool", "create", pool, "--type", "process", "--overwrite",
                               "--base-job-template", str(PROJECT_DIR / "deployments" / "pools" / template))
@@ -167,8 +167,6 @@ def _worker_online(stack: Stack, pool: str, worker_name: str) -> bool:
 
 def deploy(stack: Stack) -> None:
     """`prefect deploy --all` from the project root with deployments/prefect.yaml."""
-    import subprocess
-
     command = prefect_cli("--no-prompt", "deploy", "--all", "--prefect-file", str(DEPLOYMENTS_FILE))
     result = subprocess.run(command, env=stack.env(), cwd=PROJECT_DIR, capture_output=True, text=True,
                             timeout=300)
@@ -239,7 +237,7 @@ def logs(stack: Stack, lines: int = 40) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m transferflow.stack", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m transferflow.devstack.stack", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["up", "down", "status", "server", "pools", "worker",
                                            "deploy", "ui", "logs"])

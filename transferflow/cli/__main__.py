@@ -1,0 +1,5 @@
+import sys
+
+from transferflow.cli.main import main
+
+sys.exit(main())

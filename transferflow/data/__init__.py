@@ -1,0 +1,43 @@
+"""The dataset stage, one way down: source -> fetch or mirror -> extract -> decode -> split ->
+store.
+
+    sources    where a dataset's files are: local, s3://, or a remote source to fetch or mirror
+    layout     the class folders, the image files found, the folder's fingerprint
+    decode     decoding and resizing images; image sizes from headers (image_size "auto")
+    splits     train/val/test carving and per-class counts
+    store      the prepared copy in S3 (DatasetRef manifest, npz or TFRecord shards) and loading it
+    prepare    the stage itself: prepare_dataset
+Beside them: builtins (the built-in datasets), downloads, mirror, records (TFRecord shards).
+
+Sources: a built-in name (cifar10), an http(s) archive URL (optional #sha256=... fragment),
+s3://bucket/prefix/ (folder or archive), or a local folder / archive / file:// URI.
+"""
+
+from transferflow.data.decode import (
+    Decoded,
+    auto_image_size,
+    decode_images,
+    image_shape,
+    jpeg_shape,
+    resize_array,
+)
+from transferflow.data.layout import (
+    ARCHIVE_SUFFIXES,
+    IMAGE_SUFFIXES,
+    SPLITS,
+    FolderScan,
+    fingerprint_folder,
+    scan_folder,
+)
+from transferflow.data.prepare import PrepareOptions, Source, prepare_dataset
+from transferflow.data.sources import local_folder, remote_source, safe_join, source_signature
+from transferflow.data.splits import Items, carve_splits, class_counts, complete_splits
+from transferflow.data.store import PREPARED_FORMAT, DatasetRef, PreparedDataset, load_prepared, ref_for
+
+__all__ = [
+    "ARCHIVE_SUFFIXES", "IMAGE_SUFFIXES", "PREPARED_FORMAT", "SPLITS", "DatasetRef", "Decoded", "FolderScan",
+    "Items", "PrepareOptions", "PreparedDataset", "Source", "auto_image_size", "carve_splits", "class_counts",
+    "complete_splits", "decode_images", "fingerprint_folder", "image_shape", "jpeg_shape", "load_prepared",
+    "local_folder", "prepare_dataset", "ref_for", "remote_source", "resize_array", "safe_join", "scan_folder",
+    "source_signature",
+]

@@ -1,0 +1,89 @@
+"""Every key of the registry's layout under the bucket, built here and nowhere else.
+
+    models/<name>/versions/<000001>/claim.json     who reserved the version number; kept as a
+                                                   tombstone when the version is deleted, so a
+                                                   number is never handed out twice
+    models/<name>/versions/<000001>/model.keras    the artifact
+    models/<name>/versions/<000001>/metadata.json  written last, deleted first: a version exists
+                                                   exactly while it does
+    models/<name>/aliases/<alias>.json             {"version": N, ..., "history": [every move]},
+                                                   moved by conditional write
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from transferflow.config import MODEL_NAME_RE
+from transferflow.errors import RegistryError
+
+MODELS = "models"
+ARTIFACT = "model.keras"
+METADATA = "metadata.json"
+CLAIM = "claim.json"
+REF_RE = re.compile(r"^(?P<name>[^:@]+)(?::(?P<version>\d+)|@(?P<alias>[a-z0-9._-]+))?$")
+ALIAS_RE = re.compile(r"^[a-z0-9._-]{1,63}$")
+ARTIFACT_KEY_RE = re.compile(rf"^{MODELS}/(?P<name>[^/]+)/versions/(?P<version>\d+)/{re.escape(ARTIFACT)}$")
+
+
+def versions_prefix(name: str) -> str:
+    return f"{MODELS}/{name}/versions/"
+
+
+def aliases_prefix(name: str) -> str:
+    return f"{MODELS}/{name}/aliases/"
+
+
+def alias_key(name: str, alias: str) -> str:
+    return f"{aliases_prefix(name)}{alias}.json"
+
+
+def version_of_key(name: str, key: str) -> str:
+    """The version folder ('000003') a key under versions_prefix(name) belongs to."""
+    return key[len(versions_prefix(name)):].split("/")[0]
+
+
+def alias_of_key(name: str, key: str) -> str:
+    return key[len(aliases_prefix(name)):].removesuffix(".json")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    bucket: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{versions_prefix(self.name)}{self.version:06d}"
+
+    def key(self, relative: str) -> str:
+        """The key of a file inside this version (relative: 'model.keras', 'savedmodel/...')."""
+        return f"{self.prefix}/{relative}"
+
+    @property
+    def artifact_key(self) -> str:
+        return self.key(ARTIFACT)
+
+    @property
+    def metadata_key(self) -> str:
+        return self.key(METADATA)
+
+    @property
+    def claim_key(self) -> str:
+        return self.key(CLAIM)
+
+    @property
+    def artifact_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.artifact_key}"
+
+
+def check_name(name: str) -> None:
+    if not MODEL_NAME_RE.match(name):
+        raise RegistryError(f"model name {name!r} is not key-safe (lowercase letters, digits, . _ -)")
+
+
+def check_alias(alias: str) -> None:
+    if not ALIAS_RE.match(alias):
+        raise RegistryError(f"alias {alias!r} is not valid: use 1-63 lowercase letters, digits, . _ -")

@@ -1,0 +1,155 @@
+"""Reading the registry: names, versions, metadata, aliases, history, references, verified pulls."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+from transferflow import storage
+from transferflow.errors import RegistryError
+from transferflow.registry.documents import AliasDocument, Artifact, HistoryEntry, VersionMetadata
+from transferflow.registry.layout import (
+    ARTIFACT,
+    ARTIFACT_KEY_RE,
+    MODELS,
+    REF_RE,
+    ModelVersion,
+    alias_key,
+    alias_of_key,
+    aliases_prefix,
+    version_of_key,
+    versions_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Reads:
+    bucket: str
+
+    def names(self) -> list[str]:
+        return storage.list_children(self.bucket, f"{MODELS}/")
+
+    def versions(self, name: str) -> list[int]:
+        """Published versions only: a version is visible once its metadata exists."""
+        numbers = (version_of_key(name, entry["Key"])
+                   for entry in storage.list_keys(self.bucket, versions_prefix(name))
+                   if entry["Key"].endswith("/metadata.json"))
+        return sorted(int(n) for n in numbers if n.isdigit())
+
+    def metadata(self, name: str, version: int) -> dict | None:
+        """A version's metadata.json as stored (the JSON document); see `record` for the typed one."""
+        found = storage.get_json(self.bucket, ModelVersion(name, version, self.bucket).metadata_key)
+        return found[0] if found else None
+
+    def record(self, name: str, version: int) -> VersionMetadata | None:
+        """A version's metadata, typed; None when the version does not exist (or was deleted)."""
+        found = self.metadata(name, version)
+        return VersionMetadata.model_validate(found) if found is not None else None
+
+    def _alias_names(self, name: str) -> list[str]:
+        return [alias_of_key(name, entry["Key"])
+                for entry in storage.list_keys(self.bucket, aliases_prefix(name))]
+
+    def aliases(self, name: str) -> dict[str, int]:
+        result = {}
+        for alias in self._alias_names(name):
+            found = self.alias_document(name, alias)
+            if found:
+                result[alias] = found.version
+        return result
+
+    def aliases_of(self, name: str, version: int) -> list[str]:
+        """The aliases that point at this version, sorted."""
+        return sorted(alias for alias, at in self.aliases(name).items() if at == version)
+
+    def alias(self, name: str, alias: str) -> dict | None:
+        """An alias document as stored; see `alias_document` for the typed one."""
+        found = storage.get_json(self.bucket, alias_key(name, alias))
+        return found[0] if found else None
+
+    def alias_document(self, name: str, alias: str) -> AliasDocument | None:
+        found = self.alias(name, alias)
+        return AliasDocument.model_validate(found) if found is not None else None
+
+    def history_entries(self, name: str, alias: str | None = None) -> list[HistoryEntry]:
+        """Every move of one alias (or of all of them), oldest first."""
+        if alias is not None:
+            document = self.alias_document(name, alias)
+            return list(document.entries()) if document else []
+        entries = [e for a in self._alias_names(name) for e in self.history_entries(name, a)]
+        return sorted(entries, key=lambda entry: entry.at or "")
+
+    def history(self, name: str, alias: str | None = None) -> list[dict]:
+        """history_entries as JSON documents."""
+        return [entry.document() for entry in self.history_entries(name, alias)]
+
+    def resolve(self, reference: str) -> tuple[str, int]:
+        """'name', 'name:3' or 'name@production' -> (name, version)."""
+        match = REF_RE.match(reference)
+        if not match:
+            raise RegistryError(f"{reference!r} is not NAME, NAME:VERSION or NAME@ALIAS")
+        name = match["name"]
+        if match["version"]:
+            version = int(match["version"])
+            if self.metadata(name, version) is None:
+                raise RegistryError(f"{name}:{version} does not exist; see `transferflow models list`")
+            return name, version
+        alias = match["alias"] or "latest"
+        found = self.alias_document(name, alias)
+        if found is None:
+            raise RegistryError(f"{name}@{alias} does not exist; see `transferflow models list`")
+        if self.metadata(name, found.version) is None:
+            raise RegistryError(f"{name}@{alias} points at version {found.version}, which was deleted; "
+                                f"run `transferflow models rollback {name} --alias {alias}`")
+        return name, found.version
+
+    def pull(self, reference: str, dest_dir: Path | str) -> Path:
+        """Download a version's artifact into dest_dir and check its size and sha256 first.
+
+        A file that fails the check is deleted, never left where a loader could find it;
+        an existing file that already matches is reused.
+        """
+        name, version = self.resolve(reference)
+        artifact = self.record(name, version).artifact
+        target = Path(dest_dir) / f"{name}-v{version}.keras"
+        if target.is_file() and mismatch(target, artifact) is None:
+            return target
+        location = storage.parse_s3_object_uri(artifact.uri)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.unverified")
+        try:
+            storage.download_file(location.bucket, location.key, partial)
+            problem = mismatch(partial, artifact)
+            if problem:
+                raise RegistryError(f"integrity check failed for {name}:{version} ({artifact.uri}): "
+                                    f"{problem}: the stored artifact was altered after registration. "
+                                    "The download was discarded; restore the object or register again")
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+            partial.with_name(partial.name + ".part").unlink(missing_ok=True)
+        log.debug("pulled %s:%d to %s (sha256 verified)", name, version, target)
+        return target
+
+
+def artifact_reference(uri: str) -> tuple[str, str]:
+    """(bucket, 'name:version') of a registry artifact URI s3://bucket/models/<name>/versions/<N>/model.keras."""
+    location = storage.parse_s3_object_uri(uri)
+    match = ARTIFACT_KEY_RE.match(location.key)
+    if not match:
+        raise RegistryError(f"{uri} is not a registered model artifact "
+                            f"({MODELS}/NAME/versions/N/{ARTIFACT}), so there is no recorded sha256 to "
+                            "verify it against; pass NAME:VERSION or NAME@ALIAS")
+    return location.bucket, f"{match['name']}:{int(match['version'])}"
+
+
+def mismatch(path: Path, artifact: Artifact) -> str | None:
+    """Why a local file is not the recorded artifact, or None when size and sha256 match."""
+    size = path.stat().st_size
+    if size != artifact.size:
+        return f"expected {artifact.size} bytes, got {size}"
+    sha = storage.sha256_file(path)
+    if sha != artifact.sha256:
+        return f"expected sha256 {artifact.sha256}, got {sha}"
+    return None
