@@ -3,6 +3,7 @@ this session starts on free loopback ports, with its own credentials."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import uuid
@@ -84,3 +85,14 @@ def upload_folder(folder: Path, bucket: str, prefix: str) -> str:
         if path.is_file():
             storage.upload_file(path, bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
     return f"s3://{bucket}/{prefix}/"
+
+
+class Lines(logging.Handler):
+    """A logging handler that keeps each message, for tests that check what a run logged."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())

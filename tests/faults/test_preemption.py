@@ -11,19 +11,11 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import Lines
 from transferflow import storage
 from transferflow.checkpoints import POINTER
 from transferflow.devstack.samples import sample_image
 from transferflow.training import fit_phase
-
-
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 def learnable(n_per_class: int, seed: int):

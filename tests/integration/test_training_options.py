@@ -7,19 +7,11 @@ import shutil
 
 import pytest
 
+from tests.conftest import Lines
 from transferflow import phases, storage
 from transferflow.config import RetrainConfig
 
 pytestmark = pytest.mark.slow
-
-
-class Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
 
 
 def listening_logger(name: str) -> tuple[logging.Logger, Lines]:
