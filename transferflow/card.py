@@ -24,7 +24,7 @@ def model_card(name: str, version: int, metadata: TrainingRecord) -> str:
         "## Data",
         f"- source: `{data.source}` (fingerprint `{data.fingerprint[:16]}`)",
         f"- images: {', '.join(f'{split} {n}' for split, n in counts.items())}; "
-        f"val/test {data.split_origin}",
+        + ", ".join(f"{split} {origin}" for split, origin in sorted(data.split_origin.items())),
         f"- preprocessing: {metadata.preprocessing['resize']}; {metadata.preprocessing['in_model']}",
         "",
         "## Metrics",

@@ -31,13 +31,16 @@ def old_metadata() -> dict:
 def test_metadata_written_by_4efa04d_reads_through_the_typed_model():
     meta = VersionMetadata.model_validate(old_metadata())
     assert meta.schema_version == 0  # written before the field existed
-    assert meta.test_accuracy == 0.8889 and meta.metrics.test.images == 18
-    assert meta.metrics.test.per_class["class_1"].support == 6
-    assert meta.metrics.head.val_accuracy == 0.8333 and meta.metrics.fine_tune.epochs_run == 1
+    assert meta.test_accuracy == 1 / 3 and meta.metrics.test.images == 3
+    assert meta.metrics.test.per_class["class_2"].support == 1
+    assert meta.metrics.test.per_class["class_2"].accuracy == 1.0
+    assert meta.metrics.head.val_accuracy == 0.3333333432674408 and meta.metrics.fine_tune.epochs_run == 1
     assert meta.gate.fine_tune.reason.startswith("head val_accuracy") and meta.gate.final_phase == "fine_tune"
-    assert meta.dataset.fingerprint.startswith("3f1c0d2e")
+    assert meta.dataset.fingerprint.startswith("72ae8ad9") and len(meta.dataset.fingerprint) == 64
+    assert meta.dataset.split_origin == {"test": "carved", "val": "carved"}
+    assert meta.dataset.counts["train"] == {"class_0": 8, "class_1": 8, "class_2": 8}
     assert meta.classes == ["class_0", "class_1", "class_2"]
-    assert meta.artifact.size == 59012345 and meta.artifact.uri.endswith("/000001/model.keras")
+    assert meta.artifact.size == 115609875 and meta.artifact.uri.endswith("/000001/model.keras")
     assert meta.lineage.flow_run_id and meta.promotion.reason.endswith("moving production to it")
     assert meta.document() == old_metadata()  # nothing lost, nothing added
 
@@ -47,9 +50,10 @@ def test_the_report_and_card_render_old_metadata():
     registered = Registration(name="shapes-vgg16", version=1, artifact_uri=meta.artifact.uri,
                               aliases=["latest"])
     report = run_report(meta, registered)
-    assert "**88.9%** on 18 images" in report and "| fine_tune | 1 | 88.9% | 5.02 |" in report
+    assert "**33.3%** on 3 images" in report and "| fine_tune | 1 | 33.3% | 5.95 |" in report
     card = model_card("shapes-vgg16", 1, meta)
-    assert "Weakest class on test: class_1 (83.3%)" in card
+    assert "Weakest class on test: class_0 (0.0%)" in card
+    assert "; test carved, val carved" in card
 
 
 def test_unknown_keys_survive_a_round_trip():
@@ -66,6 +70,17 @@ def test_an_alias_document_from_before_history_gives_its_last_move():
     assert (entry.from_version, entry.to_version, entry.action, entry.by) == (1, 2, "move", None)
     assert set(entry.document()) == {"alias", "from_version", "to_version", "action", "by", "at", "reason",
                                      "run_id"}
+
+
+def test_an_alias_document_written_by_4efa04d_reads_through_the_typed_model():
+    document = json.loads((FIXTURES / "alias_4efa04d.json").read_text())  # production, as promoted
+    alias = AliasDocument.model_validate(document)
+    assert (alias.alias, alias.version, alias.previous_version, alias.run_id) == ("production", 1, None, None)
+    (entry,) = alias.entries()
+    assert (entry.from_version, entry.to_version, entry.action) == (None, 1, "promote")
+    assert entry.by == alias.moved_by and entry.at == alias.moved_at and entry.reason == alias.reason
+    assert version_stack(alias.entries()) == [1]
+    assert alias.document() == document  # nothing lost, nothing added
 
 
 def test_version_stack_pops_on_rollback():
@@ -97,5 +112,5 @@ def test_every_key_of_the_layout():
 def test_flatten_and_headline_metrics():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}
     headline = headline_metrics(old_metadata()["metrics"])
-    assert headline["test.accuracy"] == 0.8889 and headline["fine_tune.val_accuracy"] == 0.8889
-    assert headline["test.per_class.class_0.accuracy"] == 1.0
+    assert headline["test.accuracy"] == 1 / 3 and headline["fine_tune.val_accuracy"] == 0.3333333432674408
+    assert headline["test.per_class.class_2.accuracy"] == 1.0
