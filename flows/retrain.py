@@ -11,7 +11,7 @@ from transferflow_flows.naming import retrain_run_name
 from transferflow_tasks.backbone import build_backbone
 from transferflow_tasks.credentials import use_credentials_block
 from transferflow_tasks.dataset import check_inputs, check_storage, download_dataset
-from transferflow_tasks.evaluation import evaluate_model
+from transferflow_tasks.evaluation import calibrate_model, evaluate_model
 from transferflow_tasks.registry import decide_promotion, export_model, promote_model, register_model
 from transferflow_tasks.remote import choose_training_target
 from transferflow_tasks.reporting import announce_registration, publish_report
@@ -31,12 +31,12 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a f
     head = run_phase("head", target, config, dataset, run_id, backbone=backbone)
     gate = decide_fine_tune(config, dataset, head)
     fine = run_phase("fine_tune", target, config, dataset, run_id, head=head) if gate.passed else None
-    final = fine.chosen if fine else head
-    test = evaluate_model(dataset, final.model_uri, config.batch_size)
-    promotion = decide_promotion(config, dataset, test)
+    final, calibration = calibrate_model(config, dataset, fine.chosen if fine else head, run_id)
+    evaluation = evaluate_model(config, dataset, final.model_uri)
+    promotion = decide_promotion(config, dataset, evaluation)
     savedmodel = export_model(final, run_id)
-    metadata = build_metadata(config, dataset, backbone, head, gate, fine, test, flow_run.id,
-                              promotion, savedmodel)
+    metadata = build_metadata(config, dataset, backbone, head, gate, fine, evaluation, flow_run.id,
+                              promotion, savedmodel, calibration, final)
     registered = register_model(config, metadata, final, run_id)
     registered = promote_model(config, registered, promotion)
     announce_registration(metadata, registered)

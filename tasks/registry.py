@@ -4,7 +4,7 @@ from prefect.logging import get_run_logger
 from transferflow import phases, publishing
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
-from transferflow.gate import PromotionDecision
+from transferflow.promotion import PromotionDecision
 from transferflow.registry.documents import Registration, TrainingRecord
 from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
@@ -26,9 +26,10 @@ def register_model(config: RetrainConfig, metadata: TrainingRecord, final: phase
 
 @task(name="decide_promotion", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
       retry_condition_fn=retry_transient)
-def decide_promotion(config: RetrainConfig, dataset: DatasetRef, test: dict) -> PromotionDecision:
-    """Bless the new model or not: the accuracy floor, and no worse than production."""
-    return publishing.decide_promotion(config, dataset, test, logger=get_run_logger())
+def decide_promotion(config: RetrainConfig, dataset: DatasetRef,
+                     evaluation: publishing.Evaluation) -> PromotionDecision:
+    """Bless the new model or not: the floor, then production scored on the same images."""
+    return publishing.decide_promotion(config, dataset, evaluation, logger=get_run_logger())
 
 
 @task(name="export_model", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,

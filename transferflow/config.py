@@ -40,6 +40,13 @@ class TrainOn(StrEnum):
     GPU_POOL = "gpu-pool"  # always through the train/gpu deployment
 
 
+class PromoteMetric(StrEnum):
+    """What the promotion gate compares the new version and production on."""
+
+    ACCURACY = "accuracy"
+    MACRO_F1 = "macro_f1"
+
+
 class Schedule(StrEnum):
     """How the fine-tuning learning rate moves over the phase."""
 
@@ -125,8 +132,38 @@ class RetrainConfig(BaseModel):
     )
     promote_tolerance: float = Field(
         0.0, ge=0.0, le=1.0,
-        description="... and no worse than the production version's recorded test accuracy by more "
+        description="... and no worse than the production version on the same test images, on "
+        "promote_metric, by more than this.",
+    )
+    promote_metric: PromoteMetric = Field(
+        "accuracy",
+        description="The metric the new version and production are compared on: accuracy, or "
+        "macro_f1 (every class counts the same, whatever its size).",
+    )
+    max_class_regression: float = Field(
+        0.1, ge=0.0, le=1.0,
+        description="... and no class's recall (on the same images) drops below production's by more "
         "than this.",
+    )
+    mcnemar_alpha: float = Field(
+        0.05, ge=0.0, le=0.5,
+        description="... and a one-sided exact McNemar test on the same images does not find the new "
+        "version significantly worse at this level (0 switches the test off).",
+    )
+    allow_class_change: bool = Field(
+        False,
+        description="Allow a version whose class set differs from production's to be blessed; the "
+        "comparisons with production are then skipped.",
+    )
+    calibrate: bool = Field(
+        True,
+        description="Fit temperature scaling on the validation split and fold it into the model, so "
+        "that its probabilities match how often it is right (kept only if calibration improves).",
+    )
+    max_leakage: float = Field(
+        0.05, ge=0.0, le=1.0,
+        description="Fail before training when more than this share of the test images have an exact "
+        "or near duplicate in the training split.",
     )
     auto_promote: bool = Field(
         True,

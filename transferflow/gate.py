@@ -1,4 +1,5 @@
-"""Decisions between phases: whether to fine-tune, and whether to keep the result.
+"""Decisions between phases: whether to fine-tune, and whether to keep the result (the
+promotion gate, which compares with production, is in promotion.py).
 
 The "auto" thresholds are relative, so they mean the same for 2 classes as for 100: a model
 must be significantly better than the trivial baseline (always answering the most frequent
@@ -7,11 +8,7 @@ class) on the same images, by a one-sided binomial test at ALPHA.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from pydantic import BaseModel
-
-from transferflow.registry.documents import VersionMetadata
 
 ALPHA = 0.01  # "clearly better than chance": a 1-in-100 false alarm
 
@@ -133,73 +130,3 @@ def keep_fine_tuned(head_val_accuracy: float, tuned_val_accuracy: float) -> Gate
                         threshold=head_val_accuracy,
                         reason=f"fine-tuned val_accuracy {tuned_val_accuracy:.4f} < head "
                         f"{head_val_accuracy:.4f}: regressed, keeping the head-only model")
-
-
-class PromotionAction(StrEnum):
-    """What happens to a new version after the promotion gate."""
-
-    PROMOTE = "promote"  # blessed, and production moves to it
-    CANDIDATE = "candidate"  # blessed, marked candidate (auto_promote is off)
-    NONE = "none"  # not blessed: production unchanged
-
-
-class PromotionDecision(BaseModel):
-    """Whether a new version is blessed (TFX Evaluator semantics), and what happens to it."""
-
-    blessed: bool
-    action: PromotionAction
-    test_accuracy: float
-    min_accuracy: float  # the floor applied: fixed, or the majority-class baseline for auto
-    floor_rule: str = "fixed"  # fixed | auto (significantly above the majority-class baseline)
-    floor_p_value: float | None = None
-    tolerance: float
-    production_version: int | None
-    production_accuracy: float | None
-    same_dataset: bool | None  # None when there is no production version
-    reason: str
-
-
-def promotion_gate(test_accuracy: float, fingerprint: str, min_accuracy: float | str, tolerance: float,
-                   auto_promote: bool, production: tuple[int, VersionMetadata | dict] | None,
-                   test_counts: list[int] | None = None) -> PromotionDecision:
-    """Blessed when test accuracy clears the floor and is no worse than production's own recorded
-    test accuracy by more than `tolerance` (skipped when nothing is in production yet).
-
-    min_accuracy "auto" (needs `test_counts`, the test split's images per class): the floor is
-    being significantly better than always answering the majority class.
-    """
-    facts = dict(test_accuracy=test_accuracy, tolerance=tolerance,
-                 production_version=None, production_accuracy=None, same_dataset=None)
-    reasons = []
-    if min_accuracy == "auto":
-        baseline = against_baseline(test_accuracy, test_counts or [])
-        facts.update(min_accuracy=baseline.accuracy, floor_rule="auto", floor_p_value=baseline.p_value)
-        blessed = baseline.beaten
-        reasons.append(f"test accuracy {baseline.describe(test_accuracy)}")
-    else:
-        facts.update(min_accuracy=min_accuracy)
-        blessed = test_accuracy >= min_accuracy
-        relation = ">=" if blessed else "<"
-        reasons.append(f"test accuracy {test_accuracy:.4f} {relation} floor {min_accuracy:.4f}")
-    if production is None:
-        reasons.append("no production version yet: baseline check skipped")
-    else:
-        version, meta = production[0], VersionMetadata.model_validate(production[1])
-        recorded = meta.test_accuracy
-        same = meta.dataset.fingerprint == fingerprint
-        facts.update(production_version=version, production_accuracy=recorded, same_dataset=same)
-        holds = test_accuracy >= recorded - tolerance
-        blessed = blessed and holds
-        reasons.append(f"{'no worse than' if holds else 'worse than'} production v{version}'s {recorded:.4f} "
-                       f"{'within' if holds else 'by more than'} tolerance {tolerance:.4f}")
-        if not same:
-            theirs = meta.dataset.fingerprint[:12]
-            reasons.append(f"note: production was evaluated on dataset {theirs}, this version on "
-                           f"{fingerprint[:12]}: the accuracies are not directly comparable")
-    action = (PromotionAction.PROMOTE if auto_promote else PromotionAction.CANDIDATE) if blessed \
-        else PromotionAction.NONE
-    outcome = {PromotionAction.PROMOTE: "blessed: moving production to it",
-               PromotionAction.CANDIDATE: "blessed: marked candidate (auto_promote is off)",
-               PromotionAction.NONE: "not blessed: production unchanged"}[action]
-    return PromotionDecision(blessed=blessed, action=action, reason="; ".join(reasons) + f" -> {outcome}",
-                             **facts)

@@ -1,6 +1,6 @@
-"""The stages after training, as plain functions: the test evaluation, the promotion gate,
-the SavedModel export, the version's metadata, registration and promotion, removing the run's
-staged files, and re-evaluating a registered version. Prefect tasks in tasks/ wrap these.
+"""The stages after training, as plain functions: calibration, the test evaluation, the
+promotion gate, the SavedModel export, the version's metadata, registration and promotion, and
+removing the run's staged files. Prefect tasks in tasks/ wrap these.
 """
 
 from __future__ import annotations
@@ -9,43 +9,126 @@ import logging
 import tempfile
 from pathlib import Path
 
-from transferflow import localcache, storage
+from pydantic import BaseModel
+
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, load_prepared
-from transferflow.gate import GateDecision, PromotionAction
+from transferflow.gate import GateDecision
 from transferflow.phases import BackboneRef, FineTuneOutcome, PhaseOutcome, run_prefix
+from transferflow.promotion import PromotionAction, PromotionDecision
 from transferflow.registry.aliases import ANY
-from transferflow.registry.documents import SCHEMA_VERSION, Registration, TrainingRecord
+from transferflow.registry.documents import SCHEMA_VERSION, Calibration, Registration, TrainingRecord
+from transferflow.scoring import Scored
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_model(dataset: DatasetRef, model_uri: str, batch_size: int, logger=log) -> dict:
-    """Accuracy and per-class accuracy on the held-out test split."""
+class Evaluation(BaseModel):
+    """The final model's answers and metrics on the test split, and on the golden set if any."""
+
+    test: Scored
+    golden: Scored | None = None
+
+
+def calibrate_model(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutcome, run_id: str,
+                    logger=log) -> tuple[PhaseOutcome, Calibration]:
+    """Fit temperature scaling on the validation split and fold it into a copy of the final model
+    (staged next to it); the model is unchanged when calibration is off or would not help."""
     from transferflow import model as modeling
-    from transferflow.training import evaluate
+    from transferflow.calibration import calibration_plan, fold_temperature
+    from transferflow.scoring import predict
 
-    data = load_prepared(dataset)
-    result = evaluate(modeling.load_from(model_uri), data.splits["test"], dataset.class_names, batch_size)
-    logger.info("test accuracy %.4f on %d images (chance %.4f)", result["accuracy"], result["images"],
+    if not config.calibrate:
+        return final, Calibration(reason="calibration off (--no-calibrate)")
+    model = modeling.load_from(final.model_uri)
+    labels, probabilities = predict(model, load_prepared(dataset).splits["val"], config.batch_size)
+    plan = calibration_plan(labels, probabilities)
+    logger.info("calibration: %s", plan.reason)
+    if not plan.applied:
+        return final, plan
+    fold_temperature(model, plan.temperature)
+    uri = f"{run_prefix(run_id)}/calibrated/model.keras"
+    digest, size = modeling.save_to(model, uri)
+    return final.model_copy(update={"model_uri": uri, "sha256": digest, "size": size}), plan
+
+
+def evaluate_model(config: RetrainConfig, dataset: DatasetRef, model_uri: str, logger=log) -> Evaluation:
+    """Every metric of the final model on the held-out test split, and on the golden set if set."""
+    from transferflow import model as modeling
+    from transferflow.evaluation import score_model, score_on_golden
+    from transferflow.registry import Registry
+
+    model = modeling.load_from(model_uri)
+    test = score_model(model, dataset.class_names, dataset, "test", config.batch_size)
+    metrics = test.metrics
+    logger.info("test accuracy %.4f, macro-F1 %.4f, calibration error %.4f on %d images (chance %.4f)",
+                metrics["accuracy"], metrics["macro_f1"], metrics["ece"], metrics["images"],
                 1 / len(dataset.class_names))
-    return result
+    golden_set = Registry().golden(config.registry_name)
+    golden = None
+    if golden_set is not None:
+        golden = score_on_golden(model, dataset.class_names, golden_set, dataset.image_size,
+                                 config.batch_size, logger)
+        logger.info("golden set %s: accuracy %.4f, macro-F1 %.4f on %d images", golden_set.source,
+                    golden.metrics["accuracy"], golden.metrics["macro_f1"], golden.metrics["images"])
+    return Evaluation(test=test, golden=golden)
 
 
-def decide_promotion(config: RetrainConfig, dataset: DatasetRef, test: dict, logger=log):
-    """The promotion gate against the current production version (if any) of this model."""
-    from transferflow.gate import promotion_gate
+def decide_promotion(config: RetrainConfig, dataset: DatasetRef, evaluation: Evaluation,
+                     logger=log) -> PromotionDecision:
+    """The promotion gate: the floor, then production scored on the very images the new version
+    was scored on (its test split, and the golden set), compared check by check."""
+    from transferflow.promotion import PromotionRule, promotion_gate
     from transferflow.registry import Registry
 
     registry, name = Registry(), config.registry_name
     current = registry.alias_document(name, "production")  # None for a new model: one read, no listing
     meta = registry.record(name, current.version) if current else None
-    decision = promotion_gate(test["accuracy"], dataset.fingerprint, config.promote_min_accuracy,
-                              config.promote_tolerance, config.auto_promote,
-                              (current.version, meta) if meta else None,
-                              test_counts=[c["support"] for c in test["per_class"].values()])
+    champion = _champion(config, dataset, evaluation, current.version, meta, logger) if meta else None
+    challenger = {"test": evaluation.test, **({"golden": evaluation.golden} if evaluation.golden else {})}
+    decision = promotion_gate(PromotionRule.from_config(config), challenger, dataset.class_names, champion)
     logger.info("promotion: %s", decision.reason)
     return decision
+
+
+def _champion(config: RetrainConfig, dataset: DatasetRef, evaluation: Evaluation, version: int,
+              meta, logger):
+    """Production, scored with its own stored, verified artifact at its own image size on the
+    same test images (and golden set) as the new version."""
+    from transferflow import model as modeling
+    from transferflow.errors import RegistryError
+    from transferflow.evaluation import prepared_at, score_model, score_on_golden
+    from transferflow.phases import prepare_options
+    from transferflow.promotion import Champion
+    from transferflow.registry import Registry
+
+    if set(meta.classes) != set(dataset.class_names):
+        return Champion(version=version, classes=meta.classes)  # the class-set check decides
+    try:
+        model = modeling.load_model(f"{config.registry_name}:{version}")  # size and sha256 checked first
+    except RegistryError as exc:  # the new version is still registered; production stays as it is
+        return Champion(version=version, classes=meta.classes, problem=str(exc))
+    size = meta.image_size or dataset.image_size
+    test_images = prepared_at(config.dataset, dataset, prepare_options(config), size, logger)
+    scored = {"test": score_model(model, meta.classes, test_images, "test", config.batch_size)}
+    golden_set = Registry().golden(config.registry_name)
+    if evaluation.golden is not None and golden_set is not None:
+        scored["golden"] = score_on_golden(model, meta.classes, golden_set, size, config.batch_size, logger)
+    logger.info("production v%d on the same %d test images: accuracy %.4f, macro-F1 %.4f", version,
+                scored["test"].metrics["images"], scored["test"].metrics["accuracy"],
+                scored["test"].metrics["macro_f1"])
+    return Champion(version=version, classes=meta.classes,
+                    scored={key: _in_order(value, meta.classes, dataset.class_names)
+                            for key, value in scored.items()})
+
+
+def _in_order(scored: Scored, model_classes: list[str], wanted: list[str]) -> Scored:
+    """Answers re-indexed from one model's class order into another's (same class set)."""
+    position = {name: index for index, name in enumerate(wanted)}
+    remap = [position[name] for name in model_classes]
+    return scored.model_copy(update={"labels": [remap[i] for i in scored.labels],
+                                     "predicted": [remap[i] for i in scored.predicted]})
 
 
 def export_model(final: PhaseOutcome, run_id: str, logger=log) -> dict:
@@ -67,19 +150,23 @@ def export_model(final: PhaseOutcome, run_id: str, logger=log) -> dict:
 
 def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef,
                    head: PhaseOutcome, gate: GateDecision, fine: FineTuneOutcome | None,
-                   test: dict, flow_run_id: str | None, promotion=None,
-                   savedmodel: dict | None = None) -> TrainingRecord:
-    """Everything needed to know where a model came from and how good it is."""
+                   evaluation: Evaluation, flow_run_id: str | None, promotion=None,
+                   savedmodel: dict | None = None, calibration: Calibration | None = None,
+                   final: PhaseOutcome | None = None) -> TrainingRecord:
+    """Everything needed to know where a model came from and how good it is. `final` is the
+    model registered (the calibrated one, when calibration was applied)."""
     from transferflow.data.downloads import redact
 
-    final = fine.chosen if fine else head
+    final = final or (fine.chosen if fine else head)
     return TrainingRecord.model_validate({
         "schema_version": SCHEMA_VERSION,
         "parameters": {**config.model_dump(mode="json"), "dataset": redact(config.dataset)},
         "metrics": {
             "head": head.metrics,
             "fine_tune": fine.tuned.metrics if fine else None,
-            "test": test,
+            "test": evaluation.test.metrics,
+            "golden": evaluation.golden.metrics if evaluation.golden else None,
+            "calibration": calibration.model_dump() if calibration else None,
         },
         "gate": {
             "fine_tune": gate.model_dump(),
@@ -89,6 +176,7 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         "dataset": {
             "source": dataset.source, "fingerprint": dataset.fingerprint, "prepared_uri": dataset.uri,
             "split_origin": dataset.split_origin, "counts": dataset.counts,
+            "leakage": leakage.model_dump() if (leakage := getattr(dataset, "leakage", None)) else None,
         },
         "backbone": backbone.model_dump(),
         "classes": dataset.class_names,
@@ -150,35 +238,3 @@ def cleanup_run(run_id: str) -> int:
     """Remove a run's staged models once the registry holds its copy."""
     location = storage.parse_s3_uri(run_prefix(run_id))
     return storage.delete_prefix(location.bucket, location.key + "/")
-
-
-def reproduce_evaluation(reference: str, tolerance: float = 0.0, logger=log) -> dict:
-    """Download a registered version, check its bytes, and re-measure its test accuracy.
-
-    Fails if the artifact does not match its recorded sha256 or the accuracy moved by
-    more than `tolerance`.
-    """
-    from transferflow import model as modeling
-    from transferflow.data import load_prepared, ref_for
-    from transferflow.errors import RegistryError
-    from transferflow.registry import Registry
-    from transferflow.training import evaluate
-
-    registry = Registry()
-    name, version = registry.resolve(reference)
-    meta = registry.record(name, version)
-    path = localcache.cached_download(meta.artifact.uri)
-    if storage.sha256_file(path) != meta.artifact.sha256:
-        path.unlink()
-        raise RegistryError(f"{name}:{version} artifact does not match its recorded sha256: "
-                            "the stored model was changed after registration")
-    data = load_prepared(ref_for(meta.dataset.prepared_uri))
-    result = evaluate(modeling.load_classifier(str(path)), data.splits["test"], meta.classes)
-    recorded = meta.test_accuracy
-    logger.info("%s:%d test accuracy recorded %.4f, reproduced %.4f", name, version, recorded,
-                result["accuracy"])
-    if abs(result["accuracy"] - recorded) > tolerance:
-        raise RegistryError(f"{name}:{version} reproduces test accuracy {result['accuracy']:.4f}, "
-                            f"not the recorded {recorded:.4f}")
-    return {"reference": f"{name}:{version}", "sha256": meta.artifact.sha256,
-            "recorded": recorded, "reproduced": result["accuracy"]}

@@ -21,6 +21,9 @@ def test_train_then_list_and_show(bucket, sample_dataset, random_weights, tmp_pa
     storage.upload_file(random_weights, bucket, "w/vgg16.weights.h5")
     dataset = upload_folder(sample_dataset, bucket, "src/shapes")
     env = {"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": ""}
+    golden = run_cli("models", "golden", "cli-model", "--dataset", str(sample_dataset))  # before any version
+    assert golden.returncode == 0, golden.stderr[-3000:]
+    assert "cli-model golden set: 90 images in 3 classes" in golden.stdout
     trained = run_cli("train", "--dataset", dataset, "--weights", f"s3://{bucket}/w/vgg16.weights.h5",
                       "--head-epochs", "2", "--fine-tune-epochs", "1", "--model-name", "cli-model",
                       "--batch-size", "16", env=env)
@@ -39,6 +42,23 @@ def test_train_then_list_and_show(bucket, sample_dataset, random_weights, tmp_pa
     assert shown["parameters"]["head_epochs"] == 2
     human = run_cli("models", "show", "cli-model:1")
     assert "test acc" in human.stdout and "gate" in human.stdout
+    assert shown["metrics"]["golden"]["images"] == 90  # the run scored the golden set too
+    assert shown["metrics"]["test"]["macro_f1"] is not None and shown["metrics"]["calibration"]
+
+    evaluated = run_cli("models", "evaluate", "cli-model@latest", "--dataset", dataset)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    out = evaluated.stdout
+    assert "cli-model:1 on " in out and "all: 90 images" in out
+    for measure in ("accuracy", "macro-F1", "calibration error (ECE)", "precision", "recall"):
+        assert measure in out
+    assert "confusion matrix (rows: true class, columns: predicted class)" in out
+    matrix = out.split("confusion matrix")[1].splitlines()[2:5]
+    assert [line.split()[0] for line in matrix] == ["class_0", "class_1", "class_2"]
+    assert sum(int(n) for line in matrix for n in line.split()[1:]) == 90
+    as_json = json.loads(run_cli("models", "evaluate", "cli-model:1", "--dataset", dataset, "--split", "test",
+                                 "--json").stdout)
+    assert as_json["images"] == sum(shown["dataset"]["counts"]["test"].values())
+    assert as_json["accuracy"] == pytest.approx(shown["metrics"]["test"]["accuracy"])  # the same test split
 
 
 @pytest.mark.parametrize("command", [["models", "list"], ["datasets", "list"], ["datasets", "show", "x"],

@@ -24,12 +24,12 @@ def registered(bucket, sample_dataset, random_weights):
     dataset = phases.download_dataset(config, logger=QUIET)
     backbone = phases.build_backbone(config, logger=QUIET)
     head = phases.train_head(config, dataset, backbone, "run-1", logger=QUIET)
-    test = publishing.evaluate_model(dataset, head.model_uri, 16, logger=QUIET)
-    promotion = publishing.decide_promotion(config, dataset, test, logger=QUIET)
+    evaluation = publishing.evaluate_model(config, dataset, head.model_uri, logger=QUIET)
+    promotion = publishing.decide_promotion(config, dataset, evaluation, logger=QUIET)
     savedmodel = publishing.export_model(head, "run-1", logger=QUIET)
     gate = phases.GateDecision(passed=False, metric="val_accuracy", value=0.0, threshold=0.0, reason="skip")
-    metadata = publishing.build_metadata(config, dataset, backbone, head, gate, None, test, None, promotion,
-                                     savedmodel)
+    metadata = publishing.build_metadata(config, dataset, backbone, head, gate, None, evaluation, None,
+                                         promotion, savedmodel)
     result = publishing.register_model(config, metadata, head, "run-1", logger=QUIET)
     return publishing.apply_promotion(config, result, promotion, logger=QUIET), sample_dataset
 

@@ -56,8 +56,9 @@ def test_a_streamed_dataset_trains_and_evaluates(bucket, sample_dataset, random_
     head = phases.train_head(config, dataset, backbone, "run-s", logger=quiet)  # cached features
     tuned = phases.fine_tune(config, dataset, head, "run-s", logger=quiet)  # end to end, streamed
     assert tuned.tuned.metrics["epochs_run"] == 1
-    test = publishing.evaluate_model(dataset, tuned.chosen.model_uri, 16, logger=quiet)
+    test = publishing.evaluate_model(config, dataset, tuned.chosen.model_uri, logger=quiet).test.metrics
     assert test["images"] == sum(dataset.counts["test"].values())
+    assert len(test["confusion_matrix"]) == len(dataset.class_names)  # every metric, streamed too
 
 
 def test_too_many_bad_images_leave_no_shards_behind(bucket, sample_dataset, tmp_path):

@@ -28,43 +28,6 @@ def test_fine_tuned_model_kept_only_without_regression():
     assert "keeping the head-only model" in dropped.reason
 
 
-def production(version=3, accuracy=0.80, fingerprint="f" * 64):
-    return version, {"metrics": {"test": {"accuracy": accuracy}}, "dataset": {"fingerprint": fingerprint}}
-
-
-def test_the_first_version_is_blessed_on_the_floor_alone():
-    from transferflow.gate import promotion_gate
-
-    decision = promotion_gate(0.7, "f" * 64, 0.5, 0.0, True, None)
-    assert decision.blessed and decision.action == "promote"
-    assert "no production version yet" in decision.reason
-    assert not promotion_gate(0.4, "f" * 64, 0.5, 0.0, True, None).blessed
-
-
-def test_a_worse_model_does_not_replace_production():
-    from transferflow.gate import promotion_gate
-
-    worse = promotion_gate(0.78, "f" * 64, 0.5, 0.01, True, production())
-    assert not worse.blessed and worse.action == "none"
-    assert "worse than production v3's 0.8000" in worse.reason
-    within = promotion_gate(0.795, "f" * 64, 0.5, 0.01, True, production())
-    assert within.blessed and within.production_version == 3 and within.same_dataset
-
-
-def test_blessed_without_auto_promote_becomes_a_candidate():
-    from transferflow.gate import promotion_gate
-
-    decision = promotion_gate(0.9, "f" * 64, 0.5, 0.0, False, production())
-    assert decision.blessed and decision.action == "candidate" and "marked candidate" in decision.reason
-
-
-def test_a_different_dataset_is_said_in_the_decision():
-    from transferflow.gate import promotion_gate
-
-    decision = promotion_gate(0.9, "a" * 64, 0.5, 0.0, True, production(fingerprint="b" * 64))
-    assert decision.same_dataset is False and "not directly comparable" in decision.reason
-
-
 def test_auto_gate_fine_tunes_a_head_clearly_above_chance_for_any_number_of_classes():
     ten = fine_tune_gate(0.39, "auto", 3, val_counts=[50] * 10, history={"val_loss": [2, 1.9, 1.89]},
                          max_epochs=3)
@@ -93,14 +56,3 @@ def test_auto_gate_records_whether_the_head_converged():
     flat = fine_tune_gate(0.8, "auto", 3, val_counts=[50] * 4, history={"val_loss": [1, 0.6, 0.598]},
                           max_epochs=3)
     assert flat.head_converged
-
-
-def test_auto_promotion_floor_is_relative_to_the_test_split():
-    from transferflow.gate import promotion_gate
-
-    ten_classes = promotion_gate(0.36, "f" * 64, "auto", 0.0, True, None, test_counts=[10] * 10)
-    assert ten_classes.blessed and ten_classes.floor_rule == "auto" and ten_classes.min_accuracy == 0.1
-    assert ten_classes.floor_p_value < 0.01 and "significantly above" in ten_classes.reason
-    two_classes = promotion_gate(0.55, "f" * 64, "auto", 0.0, True, None, test_counts=[10, 10])
-    assert not two_classes.blessed and two_classes.action == "none"
-    assert "not significantly above the majority-class baseline 0.5000" in two_classes.reason

@@ -6,6 +6,7 @@ import argparse
 
 from transferflow import storage
 from transferflow.cli._output import cell, delta, print_json, print_table, version_cell
+from transferflow.cli.evaluate import add_evaluation_commands
 from transferflow.cli.flags import add_list_and_show, add_subcommand
 from transferflow.errors import CLIError
 from transferflow.registry.aliases import ANY
@@ -14,7 +15,7 @@ REFERENCE = "NAME[:VERSION|@ALIAS]"
 
 
 def add_model_commands(commands) -> None:
-    """`models list|show|history|diff|pull|promote|rollback|delete|gc`."""
+    """`models list|show|history|diff|evaluate|golden|pull|promote|rollback|delete|gc`."""
     models = commands.add_parser("models", help="inspect and manage the model registry")
     commands = models.add_subparsers(dest="models_command", required=True)
     add_list_and_show(commands, ("every registered version", cmd_models_list),
@@ -27,6 +28,7 @@ def add_model_commands(commands) -> None:
     diff.add_argument("reference_a", metavar=REFERENCE)
     diff.add_argument("reference_b", metavar=REFERENCE)
     diff.add_argument("--json", action="store_true", help="print JSON")
+    add_evaluation_commands(commands, REFERENCE)
     pull = add_subcommand(commands, "pull", cmd_models_pull, "download a version, its sha256 checked")
     pull.add_argument("reference", metavar=REFERENCE)
     pull.add_argument("dir", metavar="DIR")
@@ -130,8 +132,9 @@ def cmd_models_diff(args: argparse.Namespace) -> int:
     print("parameters that differ:" if params else "parameters: identical")
     if params:
         print_table(header, params)
-    print("metrics:")
-    print_table((*header, "B-A"), [(key, cell(a), cell(b), delta(a, b))
+    print("metrics:")  # all higher-is-better but the calibration error, which says so
+    print_table((*header, "B-A"), [(f"{key} (lower is better)" if key.endswith(".ece") else key,
+                                    cell(a), cell(b), delta(a, b))
                                    for key, (a, b) in diff["metrics"].items()])
     return 0
 

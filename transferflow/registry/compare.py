@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-HEADLINE_METRICS = ("test.accuracy", "head.val_accuracy", "fine_tune.val_accuracy")
+HEADLINE_METRICS = ("test.accuracy", "head.val_accuracy", "fine_tune.val_accuracy")  # shown even when absent
+# Shown when a version has them: metadata written before schema 2 lacks them, and rows of dashes
+# on both sides would say nothing. A pattern ending in a dot is a prefix.
+NEWER_METRICS = ("test.macro_f1", "test.top_k.", "test.ece", "golden.accuracy", "golden.macro_f1")
+PER_CLASS = ("test.per_class.", (".accuracy", ".precision"))  # a class's accuracy is its recall
+ROW_ORDER = ("test.accuracy", *NEWER_METRICS, "head.val_accuracy", "fine_tune.val_accuracy",
+             "test.per_class.")  # the order rows print in
 
 
 def diff(labelled: list[tuple[str, dict]]) -> dict:
@@ -34,13 +40,23 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def headline_metrics(metrics: dict) -> dict:
-    """Test accuracy, per-class test accuracy, and validation accuracy of each phase."""
+    """Test accuracy, macro-F1, top-k and ECE, golden-set accuracy and macro-F1, validation
+    accuracy of each phase, and per-class test accuracy (recall), precision and recall."""
     flat = flatten(metrics)
     chosen = {key: flat.get(key) for key in HEADLINE_METRICS}
+    prefix, suffixes = PER_CLASS
     chosen.update({key: value for key, value in flat.items()
-                   if key.startswith("test.per_class.") and key.endswith(".accuracy")})
+                   if any(_matches(key, pattern) for pattern in NEWER_METRICS)
+                   or (key.startswith(prefix) and key.endswith(suffixes))})
     return chosen
 
 
+def _matches(key: str, pattern: str) -> bool:
+    """A pattern ending in a dot is a prefix (`test.top_k.` takes every k); any other is the key."""
+    return key.startswith(pattern) if pattern.endswith(".") else key == pattern
+
+
 def _metric_order(key: str) -> tuple[int, str]:
-    return (HEADLINE_METRICS.index(key) if key in HEADLINE_METRICS else len(HEADLINE_METRICS), key)
+    """Rows in ROW_ORDER; per-class rows grouped by class (accuracy, precision, recall)."""
+    rank = next((i for i, pattern in enumerate(ROW_ORDER) if _matches(key, pattern)), len(ROW_ORDER))
+    return rank, key

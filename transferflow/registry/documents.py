@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-SCHEMA_VERSION = 1  # of VersionMetadata; 0 is what was written before the field existed
+SCHEMA_VERSION = 2  # of VersionMetadata; 0 is what was written before the field existed
+# 2: metrics beyond accuracy, calibration, golden-set scores, leakage, promotion checks
 
 
 class Record(BaseModel):
@@ -35,14 +36,40 @@ class Record(BaseModel):
 # ---------------------------------------------------------------- version metadata
 
 class ClassResult(Record):
-    accuracy: float | None = None
+    accuracy: float | None = None  # the class's recall: kept under this name for older readers
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
     support: int = 0
 
 
 class TestMetrics(Record):
+    """A model's scores on one set of labelled images (the test split, a golden set, any dataset).
+
+    Versions registered before these existed have only accuracy, images and per_class accuracy.
+    """
+
     accuracy: float | None = None
     images: int = 0
     per_class: dict[str, ClassResult] = {}
+    macro_f1: float | None = None
+    top_k: dict[str, float] = {}  # "3" -> top-3 accuracy, for k below the number of classes
+    confusion_matrix: list[list[int]] | None = None  # [true class][predicted class], in `classes` order
+    ece: float | None = None  # expected calibration error, 15 equal-width confidence bins
+    dataset: str | None = None  # what was scored, when it is not the version's own test split
+    fingerprint: str | None = None
+
+
+class Calibration(Record):
+    """Temperature scaling fitted on the validation split (probabilities = softmax(logits / T))."""
+
+    temperature: float = 1.0
+    applied: bool = False
+    val_ece_before: float | None = None
+    val_ece_after: float | None = None
+    val_nll_before: float | None = None
+    val_nll_after: float | None = None
+    reason: str = ""
 
 
 class PhaseMetrics(Record):
@@ -57,6 +84,8 @@ class Metrics(Record):
     head: PhaseMetrics | None = None
     fine_tune: PhaseMetrics | None = None
     test: TestMetrics | None = None
+    golden: TestMetrics | None = None  # the model's golden set, when one is set
+    calibration: Calibration | None = None
 
 
 class Decision(Record):
@@ -77,6 +106,7 @@ class DatasetLineage(Record):
     prepared_uri: str | None = None
     split_origin: Any = None
     counts: dict[str, dict[str, int]] = {}
+    leakage: dict[str, Any] | None = None  # test images duplicated in train (data.leakage.LeakageReport)
 
 
 class Lineage(Record):

@@ -8,6 +8,8 @@
                                                    exactly while it does
     models/<name>/aliases/<alias>.json             {"version": N, ..., "history": [every move]},
                                                    moved by conditional write
+    models/<name>/golden.json                      the model's golden set: a pinned evaluation dataset
+    golden/<name>/<fingerprint[:16]>/...           its stored copy (class folders), written once
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def aliases_prefix(name: str) -> str:
 
 def alias_key(name: str, alias: str) -> str:
     return f"{aliases_prefix(name)}{alias}.json"
+
+
+def golden_key(name: str) -> str:
+    return f"{MODELS}/{name}/golden.json"
+
+
+def golden_data_prefix(name: str, fingerprint: str) -> str:
+    return f"golden/{name}/{fingerprint[:16]}"
 
 
 def version_of_key(name: str, key: str) -> str:

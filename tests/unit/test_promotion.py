@@ -1,0 +1,157 @@
+"""The promotion rule on answers whose every image is known: the floor, the class set, and the
+same-images checks (metric, per-class recall, McNemar)."""
+
+import numpy as np
+
+from transferflow.promotion import Champion, PromotionRule, promotion_gate
+from transferflow.scoring import scored
+
+CLASSES = ["cat", "dog", "fox"]
+
+
+def answers(labels, predicted, classes=CLASSES):
+    """A Scored whose predictions are exactly `predicted` (one-hot-ish probabilities)."""
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    probabilities = np.full((len(labels), len(classes)), 0.1 / (len(classes) - 1))
+    probabilities[np.arange(len(labels)), predicted] = 0.9
+    return scored(labels, probabilities, classes)
+
+
+LABELS = [0] * 20 + [1] * 20 + [2] * 20
+
+
+def flipped(wrong: dict[int, int]):
+    """Predictions equal to LABELS except for {image index: predicted class}."""
+    predicted = list(LABELS)
+    for index, cls in wrong.items():
+        predicted[index] = cls
+    return predicted
+
+
+def test_the_first_version_is_judged_on_the_floor_alone():
+    decision = promotion_gate(
+        PromotionRule(min_accuracy=0.5), {"test": answers(LABELS, LABELS)}, CLASSES, None
+    )
+    assert decision.blessed and decision.action == "promote"
+    assert "no production version yet" in decision.reason and decision.same_dataset is None
+
+
+def test_the_auto_floor_is_relative_to_the_test_split():
+    weak = flipped({i: (LABELS[i] + 1) % 3 for i in range(0, 60, 2)})  # 50% right on 3 balanced classes
+    decision = promotion_gate(PromotionRule(), {"test": answers(LABELS, weak)}, CLASSES, None)
+    assert decision.blessed and decision.floor_rule == "auto" and abs(decision.min_accuracy - 1 / 3) < 1e-9
+    coin = flipped({i: (LABELS[i] + 1) % 3 for i in range(60) if i % 3})  # 33%: chance
+    refused = promotion_gate(PromotionRule(), {"test": answers(LABELS, coin)}, CLASSES, None)
+    assert not refused.blessed and "not significantly above the majority-class baseline" in refused.reason
+
+
+def test_better_on_average_but_one_class_collapsed_is_refused_naming_the_class():
+    # Production: 6 dogs and 6 foxes wrong, all cats right (48/60). New: every dog and fox right,
+    # but 5 of 20 cats called dogs (55/60): better on average, cat recall 1.00 -> 0.75.
+    champion = flipped({**{i: 2 for i in range(20, 26)}, **{i: 1 for i in range(40, 46)}})
+    challenger = flipped({i: 1 for i in range(5)})
+    decision = promotion_gate(
+        PromotionRule(),
+        {"test": answers(LABELS, challenger)},
+        CLASSES,
+        Champion(3, CLASSES, {"test": answers(LABELS, champion)}),
+    )
+    assert not decision.blessed and decision.action == "none"
+    failed = [check.name for check in decision.checks if not check.passed]
+    assert failed == ["class_recall:test"]
+    assert "class 'cat' recall 0.7500 vs production's 1.0000" in decision.reason
+    assert (
+        decision.comparisons["test"].challenger["accuracy"]
+        > decision.comparisons["test"].champion["accuracy"]
+    )
+
+
+def test_compared_on_the_same_images_a_better_model_is_promoted_whatever_production_recorded():
+    # A harder test split: the new version gets 48/60, production only 40/60 on these same images.
+    champion = flipped({i: (LABELS[i] + 1) % 3 for i in range(0, 60, 3)})
+    challenger = flipped({i: (LABELS[i] + 2) % 3 for i in range(0, 60, 5)})
+    decision = promotion_gate(
+        PromotionRule(),
+        {"test": answers(LABELS, challenger)},
+        CLASSES,
+        Champion(3, CLASSES, {"test": answers(LABELS, champion)}),
+    )
+    assert decision.blessed, decision.reason
+    assert decision.same_dataset and decision.production_accuracy == 40 / 60
+    assert "on the same 60 test images" in decision.reason
+
+
+def test_worse_than_production_on_the_same_images_is_refused_even_above_its_recorded_accuracy():
+    champion = flipped({0: 1})  # 59/60
+    challenger = flipped({i: (LABELS[i] + 1) % 3 for i in range(0, 60, 6)})  # 50/60
+    decision = promotion_gate(
+        PromotionRule(),
+        {"test": answers(LABELS, challenger)},
+        CLASSES,
+        Champion(3, CLASSES, {"test": answers(LABELS, champion)}),
+    )
+    assert not decision.blessed
+    assert "test accuracy 0.8333 vs production v3's 0.9833" in decision.reason
+    assert "significantly worse" in decision.reason  # McNemar: 10 against 1 discordant images
+
+
+def test_tolerance_and_metric_are_the_users_choice():
+    champion = flipped({0: 1, 21: 0})
+    challenger = flipped({0: 1, 21: 0, 41: 0})  # one image worse
+    rule = PromotionRule(tolerance=0.02, metric="macro_f1", max_class_regression=0.1)
+    decision = promotion_gate(
+        rule,
+        {"test": answers(LABELS, challenger)},
+        CLASSES,
+        Champion(3, CLASSES, {"test": answers(LABELS, champion)}),
+    )
+    assert decision.blessed, decision.reason
+    assert "test macro_f1" in decision.reason and "within tolerance 0.0200" in decision.reason
+
+
+def test_a_changed_class_set_is_refused_unless_allowed():
+    new_classes = ["cat", "dog", "owl"]
+    champion = Champion(3, CLASSES)
+    refused = promotion_gate(
+        PromotionRule(), {"test": answers(LABELS, LABELS, new_classes)}, new_classes, champion
+    )
+    assert not refused.blessed and "added ['owl'], removed ['fox']" in refused.reason
+    assert "--allow-class-change" in refused.reason
+    allowed = promotion_gate(
+        PromotionRule(allow_class_change=True),
+        {"test": answers(LABELS, LABELS, new_classes)},
+        new_classes,
+        champion,
+    )
+    assert allowed.blessed and "comparisons with production skipped" in allowed.reason
+
+
+def test_the_golden_set_is_a_second_set_of_same_image_checks():
+    golden_labels = [0, 1, 2] * 5
+    champion = {"test": answers(LABELS, LABELS), "golden": answers(golden_labels, golden_labels)}
+    worse_on_golden = [1, 1, 2] * 5  # every golden cat missed
+    challenger = {"test": answers(LABELS, LABELS), "golden": answers(golden_labels, worse_on_golden)}
+    decision = promotion_gate(PromotionRule(), challenger, CLASSES, Champion(3, CLASSES, champion))
+    assert not decision.blessed
+    assert {c.name for c in decision.checks if not c.passed} >= {"metric:golden", "class_recall:golden"}
+    assert set(decision.comparisons) == {"test", "golden"}
+
+
+def test_production_that_cannot_be_verified_is_not_replaced_silently():
+    decision = promotion_gate(
+        PromotionRule(),
+        {"test": answers(LABELS, LABELS)},
+        CLASSES,
+        Champion(3, CLASSES, problem="integrity check failed"),
+    )
+    assert not decision.blessed and "could not be scored on the same images" in decision.reason
+
+
+def test_without_auto_promote_a_blessed_version_becomes_a_candidate():
+    decision = promotion_gate(
+        PromotionRule(auto_promote=False),
+        {"test": answers(LABELS, LABELS)},
+        CLASSES,
+        Champion(3, CLASSES, {"test": answers(LABELS, LABELS)}),
+    )
+    assert decision.blessed and decision.action == "candidate" and "marked candidate" in decision.reason
