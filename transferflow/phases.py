@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from transferflow import backbones, storage
 from transferflow.compute import FLOAT32, ComputePlan, compute_scope, plan_compute
 from transferflow.config import RetrainConfig
-from transferflow.data import DatasetRef, PrepareOptions, load_prepared, prepare_dataset
+from transferflow.data import DatasetRef, PrepareOptions, check_leakage, load_prepared, prepare_dataset
 from transferflow.gate import GateDecision, fine_tune_gate, keep_fine_tuned
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,12 @@ def check_storage() -> str:
 
 
 def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
-    return prepare_dataset(config.dataset, prepare_options(config), logger=logger)
+    """Prepare the dataset (or find it prepared), then refuse it, before any training, when too
+    many test images duplicate training images. The check runs on a stored copy too, so a later
+    run with another max_leakage decides afresh."""
+    ref = prepare_dataset(config.dataset, prepare_options(config), logger=logger)
+    check_leakage(ref.leakage, config.max_leakage, ref.source, logger)
+    return ref
 
 
 def prepare_options(config: RetrainConfig) -> PrepareOptions:
@@ -86,7 +91,8 @@ def dataset_cache_key(config: RetrainConfig) -> str | None:
     """What an orchestrator may cache the dataset stage under: the source's signature, the
     preparation options and the store (its endpoint, bucket and id, so a wiped store is not
     taken for the one the cached result points into). None when the source cannot be
-    identified cheaply."""
+    identified cheaply. max_leakage is in it: a result cached under a looser limit must not let a
+    stricter run through without its check."""
     from transferflow.data import PREPARED_FORMAT, source_signature
 
     signature = source_signature(config.dataset)
@@ -95,7 +101,8 @@ def dataset_cache_key(config: RetrainConfig) -> str | None:
     options = prepare_options(config)
     parts = [signature, options.image_size, options.auto_bounds, options.val_fraction, options.test_fraction,
              options.seed, options.max_bad_fraction, options.stream_threshold_mb, PREPARED_FORMAT,
-             storage.endpoint_label(), storage.bucket_name(), storage.store_id(storage.bucket_name())]
+             config.max_leakage, storage.endpoint_label(), storage.bucket_name(),
+             storage.store_id(storage.bucket_name())]
     return "dataset-" + hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
 
 

@@ -62,6 +62,13 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     key = "models/shapes-vgg16/versions/000001/model.keras"
     assert storage.object_sha256(bucket, key) == (meta["artifact"]["sha256"], meta["artifact"]["size"])
     assert meta["metrics"]["test"]["accuracy"] >= 0.6, meta["metrics"]["test"]  # chance is 1/3
+    test = meta["metrics"]["test"]
+    assert sum(map(sum, test["confusion_matrix"])) == test["images"] and test["macro_f1"] is not None
+    assert set(test["per_class"]["class_0"]) >= {"precision", "recall", "f1", "support"}
+    calibration = meta["metrics"]["calibration"]  # fitted on the validation split, never worse there
+    assert calibration["val_ece_after"] <= calibration["val_ece_before"] and calibration["temperature"] > 0
+    assert meta["dataset"]["leakage"]["test_images"] == test["images"]
+    assert [c["name"] for c in meta["promotion"]["checks"]] == ["floor", "production"]
     assert list(storage.list_keys(bucket, "runs/")) == []  # staged copies cleaned up
 
     from transferflow.model import load_from  # the registered bytes load and predict
@@ -74,6 +81,7 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     assert "**Promotion:**" in report and "no production version yet" in report
     assert meta["exports"]["savedmodel"]["signature"] == "serving_default"
     assert "![learning curve](http" in report and "X-Amz-Expires=604800" in report
+    assert "![confusion matrix](http" in report and "macro-F1" in report
     assert json.loads(artifacts["per-class-accuracy"][0].data)[0]["class"] == "class_0"
     assert "/models/shapes-vgg16/versions/000001/model.keras" in artifacts["model-artifact"][0].data
     assert sorted(a.data for a in artifacts["progress"]) == [100.0, 100.0]  # head and fine-tune
@@ -81,6 +89,17 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     curve_url = report.split("![learning curve](")[1].split(")")[0]
     with urllib.request.urlopen(curve_url) as response:  # the presigned link works as the UI uses it
         assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # A second run is judged against version 1, pulled from the registry and scored on the same images.
+    second = retrain(config=learnable_config(dataset_uri, weights_uri, fine_tune_epochs=0, dropout=0.5))
+    promotion = registry.metadata("shapes-vgg16", second["version"])["promotion"]
+    same = promotion["comparisons"]["test"]
+    assert same["images"] == test["images"]
+    assert same["champion"]["accuracy"] == pytest.approx(test["accuracy"])
+    assert promotion["production_version"] == 1 and promotion["same_dataset"] is True
+    assert {c["name"] for c in promotion["checks"]} == {"floor", "class_set", "metric:test",
+                                                        "class_recall:test", "mcnemar:test"}
+    assert f"on the same {test['images']} test images" in promotion["reason"]
 
 
 def assert_no_secret_in(flow_run_id: str, metadata: dict, artifacts: dict) -> None:

@@ -6,6 +6,7 @@ store.
     decode     decoding and resizing images; image sizes from headers (image_size "auto")
     splits     train/val/test carving and per-class counts
     store      the prepared copy in S3 (DatasetRef manifest, npz or TFRecord shards) and loading it
+    leakage    exact and near duplicates between train and test, found while the images are written
     prepare    the stage itself: prepare_dataset
 Beside them: builtins (the built-in datasets), downloads, mirror, records (TFRecord shards).
 
@@ -29,15 +30,17 @@ from transferflow.data.layout import (
     fingerprint_folder,
     scan_folder,
 )
+from transferflow.data.leakage import NEAR_BITS, LeakageReport, check_leakage, image_hashes
 from transferflow.data.prepare import PrepareOptions, Source, prepare_dataset
 from transferflow.data.sources import local_folder, remote_source, safe_join, source_signature
 from transferflow.data.splits import Items, carve_splits, class_counts, complete_splits
 from transferflow.data.store import PREPARED_FORMAT, DatasetRef, PreparedDataset, load_prepared, ref_for
 
 __all__ = [
-    "ARCHIVE_SUFFIXES", "IMAGE_SUFFIXES", "PREPARED_FORMAT", "SPLITS", "DatasetRef", "Decoded", "FolderScan",
-    "Items", "PrepareOptions", "PreparedDataset", "Source", "auto_image_size", "carve_splits", "class_counts",
-    "complete_splits", "decode_images", "fingerprint_folder", "image_shape", "jpeg_shape", "load_prepared",
-    "local_folder", "prepare_dataset", "ref_for", "remote_source", "resize_array", "safe_join", "scan_folder",
-    "source_signature",
+    "ARCHIVE_SUFFIXES", "IMAGE_SUFFIXES", "NEAR_BITS", "PREPARED_FORMAT", "SPLITS", "DatasetRef",
+    "Decoded", "FolderScan", "Items", "LeakageReport", "PrepareOptions", "PreparedDataset", "Source",
+    "auto_image_size", "carve_splits", "check_leakage", "class_counts", "complete_splits",
+    "decode_images", "fingerprint_folder", "image_hashes", "image_shape", "jpeg_shape", "load_prepared",
+    "local_folder", "prepare_dataset", "ref_for", "remote_source", "resize_array", "safe_join",
+    "scan_folder", "source_signature",
 ]

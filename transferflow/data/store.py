@@ -14,11 +14,12 @@ from transferflow import localcache, storage
 from transferflow.data import records
 from transferflow.data.decode import Decoded
 from transferflow.data.layout import SPLITS
+from transferflow.data.leakage import HashBook, LeakageReport
 from transferflow.data.splits import Items, class_counts
 from transferflow.errors import DatasetError
 
 STREAMED_SUFFIX = "-tfrecord"
-PREPARED_FORMAT = 2  # bump when the prepared layout changes, so old caches are not reused
+PREPARED_FORMAT = 3  # bump when the prepared layout changes, so old caches are not reused
 
 
 class DatasetRef(BaseModel):
@@ -34,6 +35,7 @@ class DatasetRef(BaseModel):
     counts: dict[str, dict[str, int]]  # split -> class -> images
     format: str = "npz"  # npz: one file, loaded into memory; tfrecord: shards, streamed
     shards: dict[str, list[str]] = {}  # tfrecord: split -> shard URIs
+    leakage: LeakageReport | None = None  # test images duplicating train ones; None: prepared before
 
 
 @dataclass
@@ -83,36 +85,42 @@ class Bad:
                        ", ".join(shown), more)
 
 
+def _loaded(items: Items, positions: np.ndarray, split: str, bad: Bad, hashes: HashBook):
+    """Decode the images at `positions`: (images, labels) of those that decoded, failures recorded
+    in `bad`, hashes (for the leakage check) in `hashes`."""
+    decoded = items.load(positions)
+    labels = bad.add(items, decoded, positions)
+    hashes.add(split, decoded.images, np.delete(positions, decoded.bad), items.name)
+    return decoded.images, labels
+
+
 def write_npz(ref: DatasetRef, splits: dict[str, Items], bad: Bad) -> DatasetRef:
     """Decode every image into one .npz at ref.uri (its bucket is in the URI)."""
-    arrays = {}
+    arrays, hashes = {}, HashBook()
     for split, items in splits.items():
-        positions = np.arange(len(items.labels))
-        decoded = items.load(positions)
-        arrays[split] = (decoded.images, bad.add(items, decoded, positions))
+        arrays[split] = _loaded(items, np.arange(len(items.labels)), split, bad, hashes)
     prepared = PreparedDataset(ref.class_names, arrays)
     target = storage.parse_s3_uri(ref.uri)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "prepared.npz"
         prepared.save(path)
         storage.upload_file(path, target.bucket, target.key)
-    return ref.model_copy(update={"counts": prepared.counts()})
+    return ref.model_copy(update={"counts": prepared.counts(), "leakage": hashes.report()})
 
 
 def write_stream(ref: DatasetRef, splits: dict[str, Items], bad: Bad, bucket: str, logger) -> DatasetRef:
     """Decode chunk by chunk into shards: memory holds one chunk, whatever the dataset's size."""
     prefix = storage.parse_s3_uri(ref.uri).key.rstrip("/")
-    shards, counts = {}, {}
+    shards, counts, hashes = {}, {}, HashBook()
     for split, items in splits.items():
-        def chunks(items=items):
+        def chunks(items=items, split=split):
             chunk = records.chunk_images(ref.image_size)
             for positions in records.chunked(np.arange(len(items.labels)), chunk):
-                decoded = items.load(positions)
-                yield decoded.images, bad.add(items, decoded, positions)
+                yield _loaded(items, positions, split, bad, hashes)
 
         shards[split], labels = records.write_split(chunks(), bucket, prefix, split, logger)
         counts[split] = class_counts(labels, ref.class_names)
-    return ref.model_copy(update={"counts": counts, "shards": shards})
+    return ref.model_copy(update={"counts": counts, "shards": shards, "leakage": hashes.report()})
 
 
 def ref_for(prepared_uri: str) -> DatasetRef:
