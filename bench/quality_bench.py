@@ -72,8 +72,13 @@ if fine_epochs:
     model.compile(keras.optimizers.Adam(1e-5), "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train, validation_data=val, epochs=fine_epochs, verbose=0)
 accuracy = model.evaluate(test, verbose=0)[1]
-print(json.dumps({"accuracy": float(accuracy), "head_accuracy": float(head),
-                  "seconds": time.monotonic() - started}))
+seconds = time.monotonic() - started
+import numpy as np
+from transferflow.scoring import score  # the same metric code as transferflow's own report
+labels = np.concatenate([y.numpy() for _, y in test])
+scores = score(labels, model.predict(test, verbose=0), test.class_names)
+print(json.dumps({"accuracy": float(accuracy), "head_accuracy": float(head), "seconds": seconds,
+                  "macro_f1": scores["macro_f1"], "ece": scores["ece"]}))
 """
 
 
@@ -126,8 +131,11 @@ def run_transferflow(split: Path, weights: Path, name: str, flags: list[str], se
                            capture_output=True, text=True, env=env, check=True)
     meta = json.loads(shown.stdout)
     meta = meta.get("metadata", meta)
-    gate = meta["gate"]
-    return {"accuracy": meta["metrics"]["test"]["accuracy"], "seconds": seconds,
+    gate, test, calibration = meta["gate"], meta["metrics"]["test"], meta["metrics"].get("calibration") or {}
+    return {"accuracy": test["accuracy"], "seconds": seconds, "macro_f1": test.get("macro_f1"),
+            "ece": test.get("ece"), "temperature": calibration.get("temperature"),
+            "calibrated": calibration.get("applied"), "val_ece": (calibration.get("val_ece_before"),
+                                                                  calibration.get("val_ece_after")),
             "image_size": meta["image_size"], "final_phase": gate["final_phase"],
             "fine_tuned": gate["fine_tune"]["passed"],
             "head_epochs_run": meta["metrics"]["head"]["epochs_run"],
@@ -213,6 +221,17 @@ def report(results: list[dict], counts: dict, args) -> None:
         points = 100 * (r["ours"]["accuracy"] - r["recipe"]["accuracy"])
         met &= points >= 5 and r["ours"]["seconds"] <= 0.6 * r["recipe"]["seconds"]
     print(f"goal (>= +5 points in <= 0.6x the time, every row): {'met' if met else 'NOT met'}")
+    print()
+    print("test macro-F1 and expected calibration error (15 bins; lower is better); transferflow folds a")
+    print("temperature fitted on val into its model when that lowers the val calibration error")
+    print(f"{'row':9} {'recipe F1':>9} {'recipe ECE':>10} {'tf F1':>6} {'tf ECE':>7} {'T':>6} "
+          f"{'tf val ECE before -> after':>27}")
+    for r in results:
+        ours, recipe = r["ours"], r["recipe"]
+        before, after = ours["val_ece"]
+        applied = "" if ours["calibrated"] else "  (not applied)"
+        print(f"{r['row']:9} {recipe['macro_f1']:9.3f} {recipe['ece']:10.3f} {ours['macro_f1']:6.3f} "
+              f"{ours['ece']:7.3f} {ours['temperature']:6.2f} {before:14.3f} -> {after:.3f}{applied}")
 
 
 if __name__ == "__main__":

@@ -119,6 +119,19 @@ def store_golden(name: str, dataset: str, logger=log):
     return registry.set_golden(golden)
 
 
+def check_golden_classes(name: str, dataset: DatasetRef) -> None:
+    """Before training: a golden set holding a class this dataset lacks could never be scored."""
+    from transferflow.registry import Registry
+
+    golden = Registry().golden(name)
+    unknown = [cls for cls in golden.classes if cls not in dataset.class_names] if golden else []
+    if unknown:
+        raise DatasetError(f"the golden set of {name} ({golden.source}) has classes {unknown} that dataset "
+                           f"{dataset.source} does not (it has {dataset.class_names}): set a golden set of "
+                           f"these classes (`transferflow models golden {name} --dataset ...`) or clear it "
+                           "with --clear")
+
+
 def golden_ref(golden: GoldenSet, image_size: int, logger=log) -> DatasetRef:
     """The golden set prepared at a model's size, after checking its stored copy is unchanged."""
     ref = prepare_dataset(golden.uri, replace(golden_options(), image_size=image_size), logger=logger)

@@ -72,10 +72,14 @@ def check_storage() -> str:
 
 def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
     """Prepare the dataset (or find it prepared), then refuse it, before any training, when too
-    many test images duplicate training images. The check runs on a stored copy too, so a later
+    many test images duplicate training images, or when the model's golden set has a class the
+    dataset lacks. The check runs on a stored copy too, so a later
     run with another max_leakage decides afresh."""
+    from transferflow.evaluation import check_golden_classes
+
     ref = prepare_dataset(config.dataset, prepare_options(config), logger=logger)
     check_leakage(ref.leakage, config.max_leakage, ref.source, logger)
+    check_golden_classes(config.registry_name, ref)
     return ref
 
 

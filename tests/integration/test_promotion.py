@@ -196,3 +196,19 @@ def test_production_is_scored_at_its_own_image_size_on_the_same_images(bucket, s
     from transferflow.data import load_prepared
 
     assert (load_prepared(larger).splits["test"][1] == load_prepared(small).splits["test"][1]).all()
+
+
+def test_a_golden_set_with_a_class_the_dataset_lacks_fails_before_training(bucket, marked, tmp_path):
+    from transferflow import phases
+    from transferflow.errors import DatasetError
+    from transferflow.evaluation import store_golden
+
+    root, _ = marked
+    other = tmp_path / "other-golden"
+    for name in ("class_0", "zebra"):
+        for k in range(3):
+            write_image(other / name / f"g{k}.png", 100 + k, np.random.default_rng(k))
+    store_golden("mismatch", str(other), logger=QUIET)
+    config = RetrainConfig(dataset=str(root), image_size=SIZE, model_name="mismatch", weights="none")
+    with pytest.raises(DatasetError, match=r"golden set of mismatch .* has classes \['zebra'\]"):
+        phases.download_dataset(config, logger=QUIET)
