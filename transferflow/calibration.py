@@ -43,8 +43,25 @@ def calibration_plan(labels: np.ndarray, probabilities: np.ndarray) -> Calibrati
     """Fit T on validation answers; apply it only if the calibration error does not get worse.
 
     T minimises the likelihood, not the binned error, so on a small validation split it can
-    nudge the error up; then the model is kept as it was, and the record says so.
+    nudge the error up; then the model is kept as it was, and the record says so. When every
+    validation answer is right, the likelihood has no maximum at a finite T (sharpening always
+    helps it), so nothing is fitted.
     """
+    if (probabilities.argmax(axis=1) == labels).all():
+        ece, nll = (
+            expected_calibration_error(labels, probabilities),
+            negative_log_likelihood(labels, probabilities),
+        )
+        return Calibration(
+            applied=False,
+            val_ece_before=ece,
+            val_ece_after=ece,
+            val_nll_before=nll,
+            val_nll_after=nll,
+            reason=f"all {len(labels)} validation images are answered correctly: the "
+            "likelihood then keeps rising as the temperature falls, so there is no temperature to "
+            "estimate; not applied",
+        )
     temperature = fit_temperature(labels, probabilities)
     before = expected_calibration_error(labels, probabilities)
     scaled = with_temperature(probabilities, temperature)

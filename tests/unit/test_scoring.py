@@ -119,3 +119,12 @@ def test_the_temperature_folds_into_a_keras_classifier_exactly():
     fold_temperature(model, 2.5)
     after = model.predict(x, verbose=0)
     np.testing.assert_allclose(after, with_temperature(before.astype(np.float64), 2.5), atol=1e-5)
+
+
+def test_no_temperature_is_fitted_when_every_validation_answer_is_right():
+    labels = np.array([0, 1, 2] * 4)
+    probabilities = np.full((12, 3), 0.2)
+    probabilities[np.arange(12), labels] = 0.6  # right every time, yet only 60% confident
+    plan = calibration_plan(labels, probabilities)
+    assert not plan.applied and plan.temperature == 1.0 and "answered correctly" in plan.reason
+    assert plan.val_ece_after == plan.val_ece_before == pytest.approx(0.4)
