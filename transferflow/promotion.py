@@ -279,7 +279,7 @@ def _class_recall(rule: PromotionRule, name: str, comparison: Comparison, where:
         name=f"class_recall:{name}",
         passed=True,
         detail=f"no class's {name} recall drops by more than {rule.max_class_regression:.4f} "
-        f"(largest change: {worst!r} {old:.4f} -> {new:.4f})",
+        + (f"(largest drop: {worst!r} {old:.4f} -> {new:.4f})" if drops[worst] > 0 else "(none drops)"),
     )
 
 
