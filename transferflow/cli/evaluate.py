@@ -31,6 +31,7 @@ def add_evaluation_commands(commands, reference: str) -> None:
                         "as the golden set (a folder, archive or s3:// prefix, one subfolder per class)")
     action.add_argument("--clear", action="store_true", help="stop scoring on a golden set")
     golden.add_argument("--json", action="store_true", help="print JSON")
+    add_verbose_flag(golden)
 
 
 def cmd_models_evaluate(args: argparse.Namespace) -> int:
@@ -68,6 +69,7 @@ def cmd_models_golden(args: argparse.Namespace) -> int:
         print(f"{args.name}: golden set cleared" if cleared else f"{args.name} has no golden set")
         return 0
     if args.dataset:
+        tflogs.import_tensorflow(args.verbose)  # decoding the images to check them
         from transferflow.evaluation import store_golden
 
         golden = store_golden(args.name, args.dataset)
