@@ -101,12 +101,26 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     print(f"  dataset     {dataset.source}  (fingerprint {dataset.fingerprint[:12]})")
     print(f"  backbone    {meta.backbone['name']}, weights {meta.backbone['weights']}, {meta.image_size} px")
     print(f"  classes     {', '.join(meta.classes)}")
-    print(f"  test acc    {test.accuracy:.4f} on {test.images} images")
+    print(f"  test acc    {test.accuracy:.4f} on {test.images} images" + _more_metrics(test))
+    if meta.metrics.golden is not None:
+        golden = meta.metrics.golden
+        print(f"  golden acc  {golden.accuracy:.4f} on {golden.images} images" + _more_metrics(golden))
+    if meta.metrics.calibration is not None:
+        print(f"  calibrated  {meta.metrics.calibration.reason}")
     print(f"  gate        {meta.gate.fine_tune.reason}")
     if meta.gate.keep_fine_tuned:
         print(f"  fine-tune   {meta.gate.keep_fine_tuned.reason}")
+    if meta.promotion is not None:
+        print(f"  promotion   {meta.promotion.reason}")
     print(f"  flow run    {meta.lineage.flow_run_id}")
     return 0
+
+
+def _more_metrics(scores) -> str:
+    """', macro-F1 0.9412, calibration error 0.0213' for metadata that has them (schema 2)."""
+    named = (("macro-F1", scores.macro_f1), ("calibration error", scores.ece))
+    parts = [f"{label} {value:.4f}" for label, value in named if value is not None]
+    return (", " + ", ".join(parts)) if parts else ""
 
 
 def cmd_models_history(args: argparse.Namespace) -> int:
