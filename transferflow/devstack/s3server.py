@@ -71,12 +71,23 @@ def port_is_free(port: int) -> bool:
             return False
 
 
+def ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_ports(count: int) -> list[int]:
-    """Ports p where both p and p+10000 (weed's gRPC twin) are free."""
+    """Ports p where both p and p+10000 (weed's gRPC twin) are free, both below the ephemeral
+    range: a restarted store reuses its ports, and a port in that range can meanwhile be taken by
+    any outgoing connection on the machine (a busy test session or benchmark opens thousands)."""
     chosen: list[int] = []
     rng = secrets.SystemRandom()
+    high = max(ephemeral_low() - GRPC_OFFSET, 12000)
     while len(chosen) < count:
-        port = rng.randrange(20000, 55000)
+        port = rng.randrange(10000, high)
         if port not in chosen and port_is_free(port) and port_is_free(port + GRPC_OFFSET):
             chosen.append(port)
     return chosen
