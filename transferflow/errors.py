@@ -52,3 +52,8 @@ class TrainingError(TransferflowError):
 
 class CLIError(TransferflowError):
     """A command line that cannot be carried out as given (a missing --yes, a bad --top-k)."""
+
+
+class ExportError(TransferflowError):
+    """A portable export (ONNX, LiteRT) could not be made, or did not answer as the Keras model
+    does on the test split: it is not published."""
