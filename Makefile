@@ -32,12 +32,12 @@ STACK_API = $${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}
 S3_CONFIGURED := $(strip $(AWS_ENDPOINT_URL)$(AWS_ENDPOINT_URL_S3)$(AWS_ACCESS_KEY_ID)$(AWS_PROFILE))
 
 .PHONY: help venv run demo demo-data models datasets prefetch storage-up storage-down test test-faults test-unit lint clean \
-	server pools worker-cpu worker-gpu deploy trigger ui stack-up stack-down stack-status logs
+	server pools worker-cpu worker-gpu deploy trigger ui stack-up stack-down stack-status logs serve
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: ARGS='--dataset DIR ...' (run, prefetch), DATASET (prefetch), PARAMS='{...}' DEPLOYMENT (trigger),"
-	@echo "             PYTEST_ARGS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui)"
+	@echo "             PYTEST_ARGS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui), MODEL (serve)"
 
 venv: $(STAMP) ## create .venv and install transferflow with its dev tools
 
@@ -45,7 +45,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "transferflow needs Python >= 3.11; set PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,export]'  # export: onnx/litert checks run in make test
 	@touch $@
 
 run: venv ## run the retrain flow: make run ARGS="--dataset DIR --weights none"
@@ -76,6 +76,13 @@ ifeq ($(S3_CONFIGURED),)
 	@$(MAKE) --no-print-directory storage-up
 endif
 	$(BIN)/transferflow datasets prefetch "$(DATASET)" $(ARGS)
+
+serve: venv ## serve a model over HTTP, in the foreground: make serve MODEL=name@production [ARGS="--port 8501"]
+	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=<name>@<alias> or <name>:<version> [ARGS='--port 8501 ...']"; exit 2; }
+ifeq ($(S3_CONFIGURED),)
+	@$(MAKE) --no-print-directory storage-up
+endif
+	$(BIN)/transferflow serve "$(MODEL)" $(ARGS)
 
 storage-up: venv ## start the local S3 server (SeaweedFS, loopback, credentials) on S3_PORT
 	$(BIN)/python -m transferflow.devstack.s3server up --dir $(S3_DIR) --env-file $(S3_ENV) --port $(S3_PORT)

@@ -12,7 +12,13 @@ from transferflow_tasks.backbone import build_backbone
 from transferflow_tasks.credentials import use_credentials_block
 from transferflow_tasks.dataset import check_inputs, check_storage, download_dataset
 from transferflow_tasks.evaluation import calibrate_model, evaluate_model
-from transferflow_tasks.registry import decide_promotion, export_model, promote_model, register_model
+from transferflow_tasks.registry import (
+    decide_promotion,
+    export_formats,
+    export_model,
+    promote_model,
+    register_model,
+)
 from transferflow_tasks.remote import choose_training_target
 from transferflow_tasks.reporting import announce_registration, publish_report
 from transferflow_tasks.training import decide_fine_tune, run_phase
@@ -35,8 +41,9 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a f
     evaluation = evaluate_model(config, dataset, final.model_uri)
     promotion = decide_promotion(config, dataset, evaluation)
     savedmodel = export_model(final, run_id)
+    formats = export_formats(config, dataset, final, run_id) if config.export else {}
     metadata = build_metadata(config, dataset, backbone, head, gate, fine, evaluation, flow_run.id,
-                              promotion, savedmodel, calibration, final)
+                              promotion, savedmodel, calibration, final, formats)
     registered = register_model(config, metadata, final, run_id)
     registered = promote_model(config, registered, promotion)
     announce_registration(metadata, registered)

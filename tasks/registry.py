@@ -39,6 +39,14 @@ def export_model(final: phases.PhaseOutcome, run_id: str) -> dict:
     return publishing.export_model(final, run_id, logger=get_run_logger())
 
 
+@task(name="export_formats", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def export_formats(config: RetrainConfig, dataset: DatasetRef, final: phases.PhaseOutcome,
+                   run_id: str) -> dict:
+    """Stage the ONNX/LiteRT exports of `config.export`, each checked on the test split first."""
+    return publishing.export_formats(config, dataset, final, run_id, logger=get_run_logger())
+
+
 # No retries: a conflict (production moved while this run was deciding) must surface, not be
 # papered over by a second attempt that would compare against a different production.
 @task(name="promote_model")

@@ -55,6 +55,14 @@ class Schedule(StrEnum):
     WARMUP_COSINE = "warmup_cosine"  # linear warm-up over the first epoch, then cosine decay
 
 
+class ExportFormat(StrEnum):
+    """A portable export made at registration, verified against the Keras model on the test split."""
+
+    ONNX = "onnx"  # checked with onnxruntime
+    LITERT = "litert"  # .tflite, float32, checked with the LiteRT interpreter
+    LITERT_INT8 = "litert_int8"  # .tflite, int8 post-training quantisation (calibrated on train images)
+
+
 class RetrainConfig(BaseModel):
     """Everything that decides what a retrain run produces."""
 
@@ -165,6 +173,12 @@ class RetrainConfig(BaseModel):
         description="Fail before training when more than this share of the test images have an exact "
         "or near duplicate in the training split.",
     )
+    export: list[ExportFormat] = Field(
+        default_factory=list,
+        description="Portable exports registered with the version, each verified on the test split "
+        "against the Keras model first: onnx, litert, litert_int8 (comma-separated on the command "
+        "line), or none. Each costs a conversion (seconds to a minute).",
+    )
     auto_promote: bool = Field(
         True,
         description="Move the production alias to a blessed version; when off, blessed versions are "
@@ -273,6 +287,16 @@ class RetrainConfig(BaseModel):
         if value != "auto" and not 0.0 <= value <= 1.0:
             raise ValueError(f"must be an accuracy between 0 and 1, or auto (got {value})")
         return value
+
+    @field_validator("export", mode="before")
+    @classmethod
+    def _export_list(cls, value):
+        """'onnx,litert' (the command line) or 'none' as a list; a repeated format once."""
+        if isinstance(value, str):
+            value = [] if value.strip().lower() in ("", "none") else value.split(",")
+        if not isinstance(value, list | tuple):
+            return value  # pydantic names the type it expected
+        return list(dict.fromkeys(item.strip() if isinstance(item, str) else item for item in value))
 
     @field_validator("model_name")
     @classmethod

@@ -52,3 +52,21 @@ class TrainingError(TransferflowError):
 
 class CLIError(TransferflowError):
     """A command line that cannot be carried out as given (a missing --yes, a bad --top-k)."""
+
+
+class RequestError(TransferflowError):
+    """A request that `transferflow serve` refuses: bad input, too large, unknown model, no token.
+
+    `status` is the HTTP status it is answered with (4xx: the client's fault, fixable by it; 503:
+    no model loaded yet), `kind` the label it is counted under in /metrics.
+    """
+
+    def __init__(self, message: str, status: int = 400, kind: str = "bad_request"):
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+class ExportError(TransferflowError):
+    """A portable export (ONNX, LiteRT) could not be made, or did not answer as the Keras model
+    does on the test split: it is not published."""

@@ -160,17 +160,61 @@ def _with_policy(node, policy: str):
 
 
 def export_savedmodel(model: keras.Model, directory) -> dict:
-    """Export a TensorFlow SavedModel for TF Serving; returns its documented signature."""
-    model.export(str(directory), format="tf_saved_model", verbose=False)
+    """Export a TensorFlow SavedModel for TF Serving and KServe; returns its signatures' description.
+
+    `serving_default` takes resized pixels (as it always has); `serving_bytes` takes encoded images,
+    so clients post JPEG/PNG files and the server decodes and resizes them exactly as training did.
+    The SavedModel is TensorFlow's format, so this is the one place model code uses tf.* ops.
+    """
+    import tensorflow as tf
+
     size, classes = model.input_shape[1], model.output_shape[-1]
-    return {
-        "format": "tf_saved_model",
-        "signature": "serving_default",
-        "inputs": {"image": f"float32 [batch, {size}, {size}, 3]: RGB pixel values 0-255, already "
-                            f"resized to {size}x{size} (the model normalises them itself)"},
-        "outputs": {"output_0": f"float32 [batch, {classes}]: class probabilities, in the order of "
-                                "metadata classes"},
-    }
+    archive = keras.export.ExportArchive()
+    archive.track_and_add_endpoint("serve", model, [tf.TensorSpec([None, size, size, 3], tf.float32,
+                                                                  name="image")])
+    decode = serving_decoder(size)
+    archive.add_endpoint("serving_bytes",
+                         lambda image_bytes: {"probabilities": model(decode(image_bytes), training=False)},
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.write_out(str(directory), verbose=False)
+    probabilities = f"float32 [batch, {classes}]: class probabilities, in the order of metadata classes"
+    pixels = {"inputs": {"image": f"float32 [batch, {size}, {size}, 3]: RGB pixel values 0-255, already "
+                                  f"resized to {size}x{size} (the model normalises them itself)"},
+              "outputs": {"output_0": probabilities}}
+    encoded = {"inputs": {"image_bytes": "string [batch]: encoded JPEG, PNG, BMP or GIF files (TF Serving "
+                                         'REST: {"b64": ...}), decoded and resized to '
+                                         f"{size}x{size} exactly as training did"},
+               "outputs": {"probabilities": probabilities}}
+    return {"format": "tf_saved_model", "signature": "serving_default", **pixels,
+            "signatures": {"serving_default": pixels, "serving_bytes": encoded}}
+
+
+def serving_decoder(size: int):
+    """A TF function: a batch of encoded images -> float32 [batch, size, size, 3] pixels, with the
+    plan decode_images makes per file (JPEG DCT scale from the header, then antialias or not)
+    chosen in-graph, and the very decode-and-resize op it runs."""
+    import tensorflow as tf
+
+    from transferflow.data.decode import _decode_resize
+
+    plans = [(ratio, antialias) for ratio in (1, 2, 4, 8) for antialias in (False, True)]
+
+    def jpeg(contents):
+        smallest = tf.reduce_min(tf.image.extract_jpeg_shape(contents)[:2])
+        ratio = tf.constant(1)
+        for scale in (2, 4, 8):  # the largest scale the image still covers size * scale pixels at
+            ratio = tf.where(smallest >= size * scale, scale, ratio)
+        antialias = tf.cast(smallest, tf.float64) / tf.cast(ratio, tf.float64) >= 2 * size
+        index = tf.argmax(tf.cast(tf.equal(ratio, [1, 2, 4, 8]), tf.int32), output_type=tf.int32)
+        return tf.switch_case(2 * index + tf.cast(antialias, tf.int32),
+                              [lambda r=r, a=a: _decode_resize(contents, size, r, a) for r, a in plans])
+
+    def one(contents):
+        image = tf.cond(tf.io.is_jpeg(contents), lambda: jpeg(contents),
+                        lambda: _decode_resize(contents, size, 0, None))
+        return tf.cast(tf.ensure_shape(image, [size, size, 3]), tf.float32)
+
+    return lambda batch: tf.map_fn(one, batch, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
 
 
 def load_model(reference: str) -> keras.Model:

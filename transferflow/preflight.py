@@ -29,6 +29,10 @@ def preflight(config: RetrainConfig, *, as_flags: bool = False) -> None:
     """Refuse what is knowable before the flow starts; `as_flags` names inputs as CLI flags."""
     check_dataset(config.dataset, "--dataset" if as_flags else "dataset")
     check_weights(config.weights, "--weights" if as_flags else "weights")
+    if config.export:  # the converters and runtimes are an extra: refuse before training, not after
+        from transferflow.exports import check_installed
+
+        check_installed(config.export, "--export" if as_flags else "export")
 
 
 def check_dataset(dataset: str, label: str = "dataset") -> None:

@@ -1,6 +1,6 @@
 """The stages after training, as plain functions: calibration, the test evaluation, the
-promotion gate, the SavedModel export, the version's metadata, registration and promotion, and
-removing the run's staged files. Prefect tasks in tasks/ wrap these.
+promotion gate, the SavedModel export, the verified ONNX/LiteRT exports, the version's metadata,
+registration and promotion, and removing the run's staged files. Prefect tasks in tasks/ wrap these.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel
 
 from transferflow import storage
@@ -148,13 +149,39 @@ def export_model(final: PhaseOutcome, run_id: str, logger=log) -> dict:
     return {**signature, "staged_uri": location.uri, "files": files}
 
 
+def export_formats(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutcome, run_id: str,
+                   logger=log) -> dict:
+    """Convert the final model to each format of `config.export`, check each on the test split
+    against it (exports.export_verified: an export that fails is an error, never published), and
+    stage the files under the run's prefix; returns their metadata entries."""
+    if not config.export:
+        return {}
+    from transferflow import model as modeling
+    from transferflow.exports import export_verified
+    from transferflow.registry.layout import export_file
+
+    model, prepared = modeling.load_from(final.model_uri), load_prepared(dataset)
+    same_order = np.arange(len(dataset.class_names))  # the model was trained on these very classes
+    staged = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in config.export:
+            made = export_verified(model, name, prepared.splits["test"], same_order, Path(tmp),
+                                   prepared.splits["train"], logger)
+            relative = export_file(name, made.entry["sha256"])
+            location = storage.parse_s3_uri(f"{run_prefix(run_id)}/{relative}")
+            storage.upload_file(made.path, location.bucket, location.key)
+            staged[name] = {**made.entry, "file": relative, "staged_uri": location.uri}
+    return staged
+
+
 def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef,
                    head: PhaseOutcome, gate: GateDecision, fine: FineTuneOutcome | None,
                    evaluation: Evaluation, flow_run_id: str | None, promotion=None,
                    savedmodel: dict | None = None, calibration: Calibration | None = None,
-                   final: PhaseOutcome | None = None) -> TrainingRecord:
+                   final: PhaseOutcome | None = None, formats: dict | None = None) -> TrainingRecord:
     """Everything needed to know where a model came from and how good it is. `final` is the
-    model registered (the calibrated one, when calibration was applied)."""
+    model registered (the calibrated one, when calibration was applied); `formats` the verified
+    exports of export_formats."""
     from transferflow.data.downloads import redact
 
     final = final or (fine.chosen if fine else head)
@@ -189,13 +216,14 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         "training": {"head": head.ran_on, "fine_tune": fine.tuned.ran_on if fine else None},
         "lineage": {"flow_run_id": flow_run_id, "staged_model_uri": final.model_uri},
         "promotion": promotion.model_dump() if promotion is not None else None,
-        "exports": {"savedmodel": savedmodel} if savedmodel else {},
+        "exports": {**({"savedmodel": savedmodel} if savedmodel else {}), **(formats or {})},
     })
 
 
 def register_model(config: RetrainConfig, metadata: TrainingRecord, final: PhaseOutcome, run_id: str,
                    logger=log) -> Registration:
-    """Publish the chosen model, its SavedModel and MODEL_CARD.md as a new version; move `latest`."""
+    """Publish the chosen model, its SavedModel, its verified exports and MODEL_CARD.md as a new
+    version; move `latest`."""
     from transferflow.card import model_card
     from transferflow.registry import Registry
 
@@ -206,6 +234,8 @@ def register_model(config: RetrainConfig, metadata: TrainingRecord, final: Phase
         staged = {f"savedmodel/{relative}": (f"{savedmodel['staged_uri']}/{relative}", item["sha256"],
                                              item["size"])
                   for relative, item in savedmodel["files"].items()}
+    staged.update({item["file"]: (item["staged_uri"], item["sha256"], item["size"])
+                   for key, item in metadata.exports.items() if key != "savedmodel" and "staged_uri" in item})
     version = registry.register(
         config.registry_name, final.model_uri, final.sha256, final.size, metadata, run_id,
         extra_files=staged,

@@ -9,6 +9,7 @@
     datasets  `datasets list|show|prefetch`
     models    `models list|show|history|diff|pull|promote|rollback|delete|gc`
     predict   `predict`
+    serve     `serve`: the HTTP server (transferflow.serving), TensorFlow imported once flags are checked
     _output   tables, cells and JSON
 """
 

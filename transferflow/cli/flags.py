@@ -47,12 +47,17 @@ def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | No
         if only is not None and name not in only:
             continue
         annotation = field.annotation
+        default = field.get_default(call_default_factory=True)
+        shown = "none" if default == [] else default  # an empty list of formats reads as "none"
         options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS,
-                                   "help": f"{field.description} (default: {field.default})"}
+                                   "help": f"{field.description} (default: {shown})"}
         if annotation is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif isinstance(annotation, type) and issubclass(annotation, Enum):
             options["choices"] = [member.value for member in annotation]
+        elif typing.get_origin(annotation) is list:  # list[ExportFormat]: "onnx,litert" or "none"
+            (member,) = typing.get_args(annotation)
+            options["metavar"] = ",".join(item.value for item in member) + "|none"
         elif annotation in (int, float):
             options["type"] = annotation
             options["metavar"] = "N" if annotation is int else "X"

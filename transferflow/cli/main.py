@@ -11,6 +11,7 @@ from transferflow.cli.datasets import add_dataset_commands
 from transferflow.cli.flags import add_verbose_flag
 from transferflow.cli.models import add_model_commands
 from transferflow.cli.predict import add_predict_command
+from transferflow.cli.serve import add_serve_command
 from transferflow.cli.train import add_train_command, cmd_train
 from transferflow.errors import TransferflowError
 
@@ -44,4 +45,5 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_commands(commands)
     add_model_commands(commands)
     add_predict_command(commands)
+    add_serve_command(commands)
     return parser

@@ -7,6 +7,7 @@ import argparse
 from transferflow import storage
 from transferflow.cli._output import cell, delta, print_json, print_table, version_cell
 from transferflow.cli.evaluate import add_evaluation_commands
+from transferflow.cli.exports import PORTABLE, add_export_command, add_int8_flag, export_name
 from transferflow.cli.flags import add_list_and_show, add_subcommand
 from transferflow.errors import CLIError
 from transferflow.registry.aliases import ANY
@@ -15,7 +16,7 @@ REFERENCE = "NAME[:VERSION|@ALIAS]"
 
 
 def add_model_commands(commands) -> None:
-    """`models list|show|history|diff|evaluate|golden|pull|promote|rollback|delete|gc`."""
+    """`models list|show|history|diff|evaluate|golden|export|pull|promote|rollback|delete|gc`."""
     models = commands.add_parser("models", help="inspect and manage the model registry")
     commands = models.add_subparsers(dest="models_command", required=True)
     add_list_and_show(commands, ("every registered version", cmd_models_list),
@@ -29,9 +30,13 @@ def add_model_commands(commands) -> None:
     diff.add_argument("reference_b", metavar=REFERENCE)
     diff.add_argument("--json", action="store_true", help="print JSON")
     add_evaluation_commands(commands, REFERENCE)
+    add_export_command(commands, REFERENCE)
     pull = add_subcommand(commands, "pull", cmd_models_pull, "download a version, its sha256 checked")
     pull.add_argument("reference", metavar=REFERENCE)
     pull.add_argument("dir", metavar="DIR")
+    pull.add_argument("--format", choices=("keras", *PORTABLE), default="keras", dest="export_format",
+                      help="the .keras artifact (default), or a verified export of the version")
+    add_int8_flag(pull, "the int8 LiteRT export (with --format litert)")
     promote = add_subcommand(commands, "promote", cmd_models_promote, "point an alias at a version")
     promote.add_argument("reference", metavar=REFERENCE)
     promote.add_argument("--expect", type=_expected_version, default=ANY, metavar="VERSION|none",
@@ -113,6 +118,12 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     if meta.promotion is not None:
         print(f"  promotion   {meta.promotion.reason}")
     print(f"  flow run    {meta.lineage.flow_run_id}")
+    for export, listed in meta.exports.items():
+        if isinstance(listed, dict) and "verification" in listed:
+            check = listed["verification"]
+            print(f"  {export:<11} {listed['file']}  ({listed['size']} bytes; agreement "
+                  f"{check['agreement']:.4f}, max prob diff {check['max_prob_diff']:.1e}, accuracy "
+                  f"{check['accuracy_change']:+.4f})")
     return 0
 
 
@@ -154,7 +165,7 @@ def cmd_models_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace) -> int:
-    path = _registry().pull(args.reference, args.dir)
+    path = _registry().pull(args.reference, args.dir, export_name(args.export_format, args.int8))
     print(f"{path}  (size and sha256 verified)")
     return 0
 

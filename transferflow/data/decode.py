@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -55,10 +58,27 @@ def decode_images(paths: list[Path], image_size: int) -> Decoded:
     return Decoded(images=images, bad=sorted(set(range(len(paths))) - set(found.tolist())))
 
 
-def _decode_plan(path: Path, size: int) -> tuple[int, bool | None]:
-    """(JPEG DCT scale, antialias) for a file: scale 0 means "not a readable JPEG header: decode
-    generically"; antialias None means "decide from the decoded size"."""
-    shape = jpeg_shape(path)
+def decode_image_bytes(contents: bytes, image_size: int) -> np.ndarray:
+    """One encoded image (JPEG, PNG, BMP, GIF) as uint8 (image_size, image_size, 3), with the plan
+    and ops decode_images uses on files, so a server's answer matches training's decoding.
+    Corrupt or truncated bytes raise tf.errors.InvalidArgumentError."""
+    return _bytes_decoder(image_size, *_decode_plan(contents, image_size))(contents).numpy()
+
+
+@functools.cache
+def _bytes_decoder(size: int, ratio: int, antialias: bool | None):
+    """_decode_resize as one graph per plan: a call dispatches once instead of op by op (a third
+    of the time on small images), and runs the graph ops decode_images' tf.data map runs."""
+    import tensorflow as tf
+
+    return tf.function(lambda contents: _decode_resize(contents, size, ratio, antialias),
+                       input_signature=[tf.TensorSpec([], tf.string)])
+
+
+def _decode_plan(source: Path | bytes, size: int) -> tuple[int, bool | None]:
+    """(JPEG DCT scale, antialias) for a file or its bytes: scale 0 means "not a readable JPEG
+    header: decode generically"; antialias None means "decide from the decoded size"."""
+    shape = jpeg_shape(source)
     if shape is None:
         return 0, None
     smallest = min(shape)
@@ -66,10 +86,16 @@ def _decode_plan(path: Path, size: int) -> tuple[int, bool | None]:
     return ratio, smallest / ratio >= 2 * size
 
 
-def jpeg_shape(path: Path) -> tuple[int, int] | None:
-    """(height, width) from a JPEG's SOF header, reading only the markers before it."""
+def _opened(source: Path | bytes) -> BinaryIO:
+    """A file's handle, or its bytes already in memory (a server's upload) as one."""
+    return io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+
+
+def jpeg_shape(source: Path | bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's SOF header (a file or its bytes), reading only the markers
+    before it."""
     try:
-        with open(path, "rb") as handle:
+        with _opened(source) as handle:
             if handle.read(2) != b"\xff\xd8":
                 return None
             while True:
@@ -87,13 +113,14 @@ def jpeg_shape(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def image_shape(path: Path) -> tuple[int, int] | None:
-    """(height, width) from an image file's header (JPEG, PNG, GIF, BMP), without decoding it."""
-    shape = jpeg_shape(path)
+def image_shape(source: Path | bytes) -> tuple[int, int] | None:
+    """(height, width) from an image's header (JPEG, PNG, GIF, BMP; a file or its bytes), without
+    decoding it."""
+    shape = jpeg_shape(source)
     if shape is not None:
         return shape
     try:
-        with open(path, "rb") as handle:
+        with _opened(source) as handle:
             head = handle.read(26)
     except OSError:
         return None

@@ -3,9 +3,10 @@
     layout       every key under the bucket (models/<name>/versions/..., aliases/...)
     documents    the typed JSON documents: version metadata, alias documents, claims
     versions     register: reserve a number, copy and verify, publish the metadata
+    exports      add a verified ONNX/LiteRT export to a registered version (conditional metadata write)
     aliases      move, promote, rollback; the alias history as an undo stack
     maintenance  delete and gc
-    reads        names, versions, metadata, aliases, history, resolve, verified pull
+    reads        names, versions, metadata, aliases, history, resolve, verified pull (artifact or export)
     compare      `models diff`
 """
 
@@ -24,12 +25,22 @@ from transferflow.registry.documents import (
     now,
     now_precise,
 )
-from transferflow.registry.layout import ALIAS_RE, ARTIFACT, ARTIFACT_KEY_RE, MODELS, REF_RE, ModelVersion
+from transferflow.registry.layout import (
+    ALIAS_RE,
+    ARTIFACT,
+    ARTIFACT_KEY_RE,
+    EXPORT_SUFFIXES,
+    KERAS,
+    MODELS,
+    REF_RE,
+    ModelVersion,
+)
 from transferflow.registry.registry import Registry, verified_download
 from transferflow.registry.versions import LIBRARIES, MAX_RACE_ATTEMPTS, library_versions
 
 __all__ = [
-    "ALIAS_RE", "ANY", "ARTIFACT", "ARTIFACT_KEY_RE", "HEADLINE_METRICS", "LIBRARIES", "MAX_RACE_ATTEMPTS",
+    "ALIAS_RE", "ANY", "ARTIFACT", "ARTIFACT_KEY_RE", "EXPORT_SUFFIXES", "HEADLINE_METRICS", "KERAS",
+    "LIBRARIES", "MAX_RACE_ATTEMPTS",
     "MODELS", "REF_RE", "SCHEMA_VERSION", "AliasDocument", "Claim", "HistoryEntry", "ModelVersion",
     "Registration", "Registry", "TrainingRecord", "VersionMetadata", "actor", "flatten", "headline_metrics",
     "history_entries", "library_versions", "now", "now_precise", "verified_download", "version_stack",

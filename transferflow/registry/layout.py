@@ -4,6 +4,9 @@
                                                    tombstone when the version is deleted, so a
                                                    number is never handed out twice
     models/<name>/versions/<000001>/model.keras    the artifact
+    models/<name>/versions/<000001>/exports/<format>-<sha256[:16]>.<suffix>
+                                                   a portable export (ONNX, LiteRT), named by its
+                                                   content; listed in metadata.json once verified
     models/<name>/versions/<000001>/metadata.json  written last, deleted first: a version exists
                                                    exactly while it does
     models/<name>/aliases/<alias>.json             {"version": N, ..., "history": [every move]},
@@ -24,6 +27,10 @@ MODELS = "models"
 ARTIFACT = "model.keras"
 METADATA = "metadata.json"
 CLAIM = "claim.json"
+EXPORTS = "exports"
+# The portable formats (config.ExportFormat's values) and their file suffixes; "keras" is the artifact.
+EXPORT_SUFFIXES = {"onnx": ".onnx", "litert": ".tflite", "litert_int8": ".int8.tflite"}
+KERAS = "keras"
 REF_RE = re.compile(r"^(?P<name>[^:@]+)(?::(?P<version>\d+)|@(?P<alias>[a-z0-9._-]+))?$")
 ALIAS_RE = re.compile(r"^[a-z0-9._-]{1,63}$")
 ARTIFACT_KEY_RE = re.compile(rf"^{MODELS}/(?P<name>[^/]+)/versions/(?P<version>\d+)/{re.escape(ARTIFACT)}$")
@@ -47,6 +54,17 @@ def golden_key(name: str) -> str:
 
 def golden_data_prefix(name: str, fingerprint: str) -> str:
     return f"golden/{name}/{fingerprint[:16]}"
+
+
+def export_file(export: str, sha256: str) -> str:
+    """Where an export lives inside its version, named by its content: two `models export` runs
+    racing on one version can then never overwrite the bytes the other verified and listed."""
+    return f"{EXPORTS}/{export}-{sha256[:16]}{EXPORT_SUFFIXES[export]}"
+
+
+def pulled_name(name: str, version: int, export: str = KERAS) -> str:
+    """The local file name `models pull` gives a version's artifact or one of its exports."""
+    return f"{name}-v{version}{EXPORT_SUFFIXES.get(export, '.keras')}"
 
 
 def version_of_key(name: str, key: str) -> str:

@@ -12,12 +12,15 @@ from transferflow.registry.documents import AliasDocument, Artifact, HistoryEntr
 from transferflow.registry.layout import (
     ARTIFACT,
     ARTIFACT_KEY_RE,
+    EXPORT_SUFFIXES,
+    KERAS,
     MODELS,
     REF_RE,
     ModelVersion,
     alias_key,
     alias_of_key,
     aliases_prefix,
+    pulled_name,
     version_of_key,
     versions_prefix,
 )
@@ -105,15 +108,18 @@ class Reads:
                                 f"run `transferflow models rollback {name} --alias {alias}`")
         return name, found.version
 
-    def pull(self, reference: str, dest_dir: Path | str) -> Path:
-        """Download a version's artifact into dest_dir and check its size and sha256 first.
+    def pull(self, reference: str, dest_dir: Path | str, export: str = KERAS) -> Path:
+        """Download a version's artifact (or one of its exports: onnx, litert, litert_int8) into
+        dest_dir and check its size and sha256 first.
 
         A file that fails the check is deleted, never left where a loader could find it;
         an existing file that already matches is reused.
         """
         name, version = self.resolve(reference)
-        artifact = self.record(name, version).artifact
-        target = Path(dest_dir) / f"{name}-v{version}.keras"
+        record = self.record(name, version)
+        artifact = (record.artifact if export == KERAS
+                    else self._export_artifact(name, version, record, export))
+        target = Path(dest_dir) / pulled_name(name, version, export)
         if target.is_file() and mismatch(target, artifact) is None:
             return target
         location = storage.parse_s3_object_uri(artifact.uri)
@@ -122,15 +128,28 @@ class Reads:
             storage.download_file(location.bucket, location.key, partial)
             problem = mismatch(partial, artifact)
             if problem:
+                what = "artifact" if export == KERAS else f"{export} export"
                 raise RegistryError(f"integrity check failed for {name}:{version} ({artifact.uri}): "
-                                    f"{problem}: the stored artifact was altered after registration. "
-                                    "The download was discarded; restore the object or register again")
+                                    f"{problem}: the stored {what} was altered after registration. The "
+                                    "download was discarded; restore the object or register again")
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
             partial.with_name(partial.name + ".part").unlink(missing_ok=True)
-        log.debug("pulled %s:%d to %s (sha256 verified)", name, version, target)
+        log.debug("pulled %s:%d (%s) to %s (sha256 verified)", name, version, export, target)
         return target
+
+    def _export_artifact(self, name: str, version: int, record: VersionMetadata, export: str) -> Artifact:
+        """A listed export as an Artifact (where it is, its recorded size and sha256)."""
+        listed = record.exports.get(export)
+        if export not in EXPORT_SUFFIXES or not isinstance(listed, dict) or "file" not in listed:
+            have = sorted(key for key, value in record.exports.items()
+                          if isinstance(value, dict) and "file" in value)
+            raise RegistryError(f"{name}:{version} has no {export} export (it has: "
+                                f"{', '.join([KERAS, *have])}): add one with `transferflow models export "
+                                f"{name}:{version} --format onnx|litert [--int8]`")
+        uri = f"s3://{self.bucket}/{ModelVersion(name, version, self.bucket).key(listed['file'])}"
+        return Artifact(uri=uri, format=export, size=listed["size"], sha256=listed["sha256"])
 
 
 def artifact_reference(uri: str) -> tuple[str, str]:

@@ -7,15 +7,16 @@ from pathlib import Path
 from transferflow import localcache, storage
 from transferflow.registry import compare
 from transferflow.registry.aliases import AliasMoves
+from transferflow.registry.exports import ExportWrites
 from transferflow.registry.golden import GoldenSets
 from transferflow.registry.maintenance import Maintenance
 from transferflow.registry.reads import Reads, artifact_reference
 from transferflow.registry.versions import VersionWrites
 
 
-class Registry(VersionWrites, AliasMoves, Maintenance, GoldenSets, Reads):
-    """Versions (register), aliases and their history (promote, rollback), removal (delete, gc)
-    golden sets, and reads (resolve, metadata, pull) of the models in one bucket."""
+class Registry(VersionWrites, ExportWrites, AliasMoves, Maintenance, GoldenSets, Reads):
+    """Versions (register, add_export), aliases and their history (promote, rollback), removal
+    (delete, gc), golden sets, and reads (resolve, metadata, pull) of the models in one bucket."""
 
     def __init__(self, bucket: str | None = None):
         self.bucket = bucket or storage.bucket_name()

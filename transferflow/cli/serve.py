@@ -1,0 +1,84 @@
+"""`transferflow serve`: a registered version behind an HTTP API that follows its alias."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from transferflow import tflogs
+from transferflow.cli.flags import add_verbose_flag
+from transferflow.errors import CLIError
+
+TOKEN_VARIABLE = "TRANSFERFLOW_SERVE_TOKEN"
+MIN_TOKEN_LENGTH = 16
+
+
+def add_serve_command(commands) -> None:
+    serve = commands.add_parser(
+        "serve", help="serve a registered model over HTTP (TF Serving REST API, :classify, metrics)",
+        description="Serve NAME@ALIAS (following the alias: a promote or rollback is swapped in, verified "
+        "and warmed up, without failing a request) or NAME:VERSION (pinned). Endpoints: POST "
+        "/v1/models/NAME:predict and :classify, GET /v1/models/NAME, /healthz, /readyz, /metrics. "
+        f"With {TOKEN_VARIABLE} set, every endpoint but the probes needs `Authorization: Bearer TOKEN`.")
+    serve.add_argument("reference", metavar="NAME[:VERSION|@ALIAS]")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, "
+                       "loopback only; 0.0.0.0 in a container)")
+    serve.add_argument("--port", type=int, default=8501, help="port (default: 8501, TF Serving's REST port)")
+    serve.add_argument("--max-batch", type=int, default=32, help="images per model call (default: 32; "
+                       "1 turns batching off)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="longest a request waits for others to "
+                       "share its model call, only while more are arriving (default: 5)")
+    serve.add_argument("--poll-seconds", type=float, default=10.0, help="how often the alias is checked for "
+                       "a move (default: 10)")
+    serve.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB "
+                       "(default: 32)")
+    serve.add_argument("--max-megapixels", type=float, default=40.0, help="largest image a header may "
+                       "claim, checked before decoding (default: 40)")
+    add_verbose_flag(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from transferflow.registry import Registry
+
+    settings = settings_from(args)
+    Registry().resolve(args.reference)  # a wrong name or alias fails now, not after TensorFlow's import
+    for handler in logging.getLogger("transferflow").handlers:  # a server's log lines need their time
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    tflogs.import_tensorflow(args.verbose)
+    from transferflow.serving import serve
+
+    serve(args.reference, settings)
+    return 0
+
+
+def settings_from(args: argparse.Namespace):
+    """The flags and the token, checked before anything is loaded."""
+    from transferflow.serving.app import ServeSettings
+
+    checks = [(1 <= args.port <= 65535, "--port must be 1-65535"),
+              (args.max_batch >= 1, "--max-batch must be at least 1 (1: no batching)"),
+              (args.max_wait_ms >= 0, "--max-wait-ms must be 0 or more"),
+              (args.poll_seconds > 0, "--poll-seconds must be more than 0"),
+              (args.max_body_mb > 0, "--max-body-mb must be more than 0"),
+              (args.max_megapixels > 0, "--max-megapixels must be more than 0")]
+    for passed, message in checks:
+        if not passed:
+            raise CLIError(message)
+    return ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms,
+                         poll_seconds=args.poll_seconds, max_body_mb=args.max_body_mb,
+                         max_megapixels=args.max_megapixels, token=token_from_environment())
+
+
+def token_from_environment() -> str | None:
+    """The bearer token, from the environment only (a flag would show in `ps` and shell history)."""
+    token = os.environ.get(TOKEN_VARIABLE)
+    if token is None:
+        return None
+    if len(token.strip()) < MIN_TOKEN_LENGTH:
+        raise CLIError(f"{TOKEN_VARIABLE} is set but shorter than {MIN_TOKEN_LENGTH} characters; unset it to "
+                       "serve without a token, or set a long random one: "
+                       "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return token.strip()
