@@ -38,10 +38,26 @@ def model_card(name: str, version: int, metadata: TrainingRecord) -> str:
         "",
         *_decisions_section(metadata),
         "",
+        *_exports_section(metadata),
         *_limitations(metadata),
         "",
     ]
     return "\n".join(lines)
+
+
+def _exports_section(metadata: TrainingRecord) -> list[str]:
+    """The portable exports registered with the version and how well each matched the Keras model."""
+    checked = {name: item for name, item in metadata.exports.items()
+               if isinstance(item, dict) and "verification" in item}
+    if not checked:
+        return []
+    lines = ["## Exports", "| format | file | agreement with Keras | max probability difference |",
+             "|---|---|---|---|"]
+    for name, item in sorted(checked.items()):
+        check = item["verification"]
+        lines.append(f"| {name} | `{item.get('file')}` | {percent(check.get('agreement'))} | "
+                     f"{check.get('max_prob_diff', 0):.1e} |")
+    return [*lines, ""]
 
 
 def _data_section(metadata: TrainingRecord) -> list[str]:

@@ -165,3 +165,12 @@ def test_models_diff_adds_the_new_metrics_only_where_a_version_has_them():
     assert "test.per_class.owl.recall" not in compared  # the same number as .accuracy, shown once
     assert "test.per_class.owl.f1" not in compared and "test.confusion_matrix" not in compared
     assert "test.macro_f1" not in headline_metrics(old_metadata()["metrics"])  # no rows of dashes
+
+
+def test_the_card_lists_verified_exports():
+    meta = new_metadata().model_dump()
+    meta["exports"]["onnx"] = {"file": "exports/onnx-0123.onnx", "verification": {"agreement": 0.998,
+                                                                                  "max_prob_diff": 2e-6}}
+    card = model_card("zoo", 4, TrainingRecord.model_validate(meta))
+    assert "## Exports" in card and "| onnx | `exports/onnx-0123.onnx` | 99.8% | 2.0e-06 |" in card
+    assert "## Exports" not in model_card("zoo", 4, new_metadata())  # none registered: no section
