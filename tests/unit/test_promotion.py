@@ -155,3 +155,13 @@ def test_without_auto_promote_a_blessed_version_becomes_a_candidate():
         Champion(3, CLASSES, {"test": answers(LABELS, LABELS)}),
     )
     assert decision.blessed and decision.action == "candidate" and "marked candidate" in decision.reason
+
+
+def test_production_answers_are_reindexed_into_the_new_versions_class_order():
+    from transferflow.publishing import _in_order
+
+    old_order = ["fox", "cat", "dog"]  # production's output columns
+    produced = answers([1, 2, 0], [1, 0, 0], old_order)  # cat right, dog called fox, fox right
+    reindexed = _in_order(produced, old_order, CLASSES)
+    assert reindexed.labels == [0, 1, 2] and reindexed.predicted == [0, 2, 2]
+    assert reindexed.correct.tolist() == produced.correct.tolist()
