@@ -12,6 +12,8 @@ S3_PORT ?= 8333
 ARGS ?=
 PYTEST_ARGS ?=
 PREFECT_PORT ?= 4200
+RAY_DIR := .local/ray
+RAY_WORKERS ?= 2
 DEMO_DIR := .local/demo
 DEMO_ARGS := --dataset $(DEMO_DIR)/shapes --weights $(DEMO_DIR)/vgg16-random.weights.h5 \
 	--fine-tune-epochs 2
@@ -32,12 +34,14 @@ STACK_API = $${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}
 S3_CONFIGURED := $(strip $(AWS_ENDPOINT_URL)$(AWS_ENDPOINT_URL_S3)$(AWS_ACCESS_KEY_ID)$(AWS_PROFILE))
 
 .PHONY: help venv run demo demo-data models datasets prefetch storage-up storage-down test test-faults test-unit lint clean \
-	server pools worker-cpu worker-gpu deploy trigger ui stack-up stack-down stack-status logs serve
+	server pools worker-cpu worker-gpu deploy trigger ui stack-up stack-down stack-status logs serve \
+	ray-up ray-down ray-status
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: ARGS='--dataset DIR ...' (run, prefetch), DATASET (prefetch), PARAMS='{...}' DEPLOYMENT (trigger),"
-	@echo "             PYTEST_ARGS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui), MODEL (serve)"
+	@echo "             PYTEST_ARGS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui), MODEL (serve),"
+	@echo "             RAY_WORKERS (ray-up)"
 
 venv: $(STAMP) ## create .venv and install transferflow with its dev tools
 
@@ -45,7 +49,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "transferflow needs Python >= 3.11; set PYTHON=python3.11")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,export]'  # export: onnx/litert checks run in make test
+	$(BIN)/pip install --quiet -e '.[dev,export,ray]'  # export: onnx/litert checks, ray: engine ray tests
 	@touch $@
 
 run: venv ## run the retrain flow: make run ARGS="--dataset DIR --weights none"
@@ -128,6 +132,18 @@ stack-status: venv ## which stack processes run
 logs: venv ## the last lines of the server's and workers' logs
 	@$(STACK) logs
 
+ray-up: venv ## start a local Ray cluster: a head + RAY_WORKERS worker nodes, 1 CPU each; prints RAY_ADDRESS
+ifeq ($(S3_CONFIGURED),)
+	@$(MAKE) --no-print-directory storage-up  # before the nodes: they inherit its settings
+endif
+	$(BIN)/python -m transferflow.devstack.raycluster up --dir $(RAY_DIR) --workers $(RAY_WORKERS)
+
+ray-down: ## stop the local Ray cluster; no process of it is left running
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m transferflow.devstack.raycluster down --dir $(RAY_DIR); fi
+
+ray-status: venv ## whether the local Ray cluster runs, and its RAY_ADDRESS
+	@$(BIN)/python -m transferflow.devstack.raycluster status --dir $(RAY_DIR)
+
 test: venv ## run the whole test suite (starts its own S3 and Prefect servers)
 	$(BIN)/pytest --durations=8 $(PYTEST_ARGS)
 
@@ -140,5 +156,5 @@ test-unit: venv ## fast tests only: no servers, no training
 lint: venv ## ruff
 	$(BIN)/ruff check .
 
-clean: stack-down ## remove .venv and .local (the local store's and Prefect's data too)
+clean: stack-down ray-down ## remove .venv and .local (the local store's and Prefect's data too)
 	rm -rf $(VENV) .local .pytest_cache .ruff_cache *.egg-info

@@ -23,8 +23,14 @@ CHILD_GRACE_S = 300.0  # the child's own task timeout fires first; this covers s
 
 @task(name="choose_training_target")
 def choose_training_target(config: RetrainConfig) -> TrainOn:
-    """GPU_POOL or LOCAL, from config.train_on and whether train/gpu is deployed."""
+    """GPU_POOL or LOCAL, from config.train_on and whether train/gpu is deployed. With engine ray the
+    phases run on the Ray cluster: this process submits them and follows them (LOCAL)."""
     logger = get_run_logger()
+    if config.engine == "ray":
+        (logger.warning if config.train_on == TrainOn.GPU_POOL else logger.info)(
+            "training runs on the Ray cluster, submitted from this process (engine ray; train_on=%s "
+            "does not apply)", config.train_on)
+        return TrainOn.LOCAL
     deployed = _deployment_exists(TRAIN_DEPLOYMENT)
     if config.train_on == TrainOn.GPU_POOL and not deployed:
         raise ConfigError(f"train_on is gpu-pool but deployment {TRAIN_DEPLOYMENT} does not exist on "

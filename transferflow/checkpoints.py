@@ -61,12 +61,20 @@ class EndResumedEpoch(keras.callbacks.Callback):
 
 class S3Checkpoint(keras.callbacks.Callback):
     """Checkpoints in object storage every epoch, or every `every_steps` steps (keeps the newest
-    `keep`); a new attempt resumes from the newest at the very step it was taken."""
+    `keep`); a new attempt resumes from the newest at the very step it was taken.
+
+    `scratch`: for a worker other than the chief of a multi-worker strategy. It resumes from the
+    chief's checkpoints like the chief, and runs every save like the chief (reading some variables
+    is a collective operation that all workers must join), but writes to a local scratch folder
+    that is discarded: the chief's checkpoint in object storage is the only one.
+    """
 
     def __init__(self, uri: str, phase: str, seed: int, steps_per_epoch: int, every_steps: int = 0,
-                 keep: int = 2, early_stopping: keras.callbacks.EarlyStopping | None = None, logger=log):
+                 keep: int = 2, early_stopping: keras.callbacks.EarlyStopping | None = None, logger=log,
+                 scratch: bool = False):
         super().__init__()
         self._local = tempfile.TemporaryDirectory(prefix="transferflow-ckpt-")
+        self.scratch = scratch
         self.location = storage.parse_s3_uri(uri.rstrip("/"))
         self.phase, self.seed, self.steps_per_epoch = phase, seed, steps_per_epoch
         self.every_steps, self.keep, self.logger = every_steps, max(1, keep), logger
@@ -183,15 +191,25 @@ class S3Checkpoint(keras.callbacks.Callback):
         bucket, prefix = self.location.bucket, self.location.key
         weights = Path(self._local.name) / "latest.weights.h5"
         self.model.save_weights(weights, overwrite=True)
-        storage.upload_file(weights, bucket, f"{prefix}/{name}.weights.h5")
-        storage.put_bytes(bucket, f"{prefix}/{name}.state.npz", self._state_arrays(mid_epoch=step > 0),
-                          "application/octet-stream")
+        if not self.scratch:  # a scratch worker has saved its weights, locally: that is all it writes
+            storage.upload_file(weights, bucket, f"{prefix}/{name}.weights.h5")
+        self._write(f"{name}.state.npz", self._state_arrays(mid_epoch=step > 0))
         state = {"phase": self.phase, "epoch": epoch, "step": step, "steps_per_epoch": self.steps_per_epoch,
                  "seed": self.seed, "weights": f"{name}.weights.h5", "state": f"{name}.state.npz",
                  "history": self.history, "early_stopping": self._early_stopping_state(name)}
-        storage.put_json(bucket, f"{prefix}/{POINTER}", state)  # last: it names complete files
         self._unsaved = 0
+        if self.scratch:
+            return
+        storage.put_json(bucket, f"{prefix}/{POINTER}", state)  # last: it names complete files
         self._prune(name)
+
+    def _write(self, name: str, data: bytes) -> None:
+        """One small checkpoint file: to object storage, or for a scratch worker to its local folder."""
+        if self.scratch:
+            (Path(self._local.name) / f"scratch.{name.split('.', 1)[1]}").write_bytes(data)
+            return
+        key = f"{self.location.key}/{name}"
+        storage.put_bytes(self.location.bucket, key, data, "application/octet-stream")
 
     def _state_arrays(self, mid_epoch: bool) -> bytes:
         """The layers' random state, and mid-epoch the running metrics, as one .npz."""
@@ -216,8 +234,7 @@ class S3Checkpoint(keras.callbacks.Callback):
             buffer = io.BytesIO()
             np.savez(buffer, **{f"w{i}": w for i, w in enumerate(stopper.best_weights)})
             state["best_weights"] = f"{name}.best.npz"
-            storage.put_bytes(self.location.bucket, f"{self.location.key}/{state['best_weights']}",
-                              buffer.getvalue(), "application/octet-stream")
+            self._write(state["best_weights"], buffer.getvalue())
         return state
 
     def _prune(self, newest: str) -> None:

@@ -40,6 +40,13 @@ class TrainOn(StrEnum):
     GPU_POOL = "gpu-pool"  # always through the train/gpu deployment
 
 
+class Engine(StrEnum):
+    """What decodes images, computes backbone features and trains: this process, or a Ray cluster."""
+
+    LOCAL = "local"
+    RAY = "ray"  # the cluster at RAY_ADDRESS, else a local one started on this machine
+
+
 class PromoteMetric(StrEnum):
     """What the promotion gate compares the new version and production on."""
 
@@ -242,6 +249,20 @@ class RetrainConfig(BaseModel):
         TrainOn.AUTO,
         description="Where training runs: auto (the train/gpu deployment when it exists, else "
         "in-process), local (in-process), gpu-pool (always the train/gpu deployment).",
+    )
+    engine: Engine = Field(
+        Engine.LOCAL,
+        description="local, or ray: dataset preparation, backbone features and training run on the Ray "
+        "cluster at RAY_ADDRESS (else on a local one started on this machine). Needs pip install "
+        "transferflow[ray].",
+    )
+    num_workers: int = Field(
+        2, ge=1, le=10_000,
+        description="engine ray: training workers, and the parallelism of the data and feature jobs.",
+    )
+    gpus_per_worker: float = Field(
+        0.0, ge=0.0, le=64.0,
+        description="engine ray: GPUs each Ray worker asks for (0: CPU only; a fraction shares a GPU).",
     )
     training_timeout_minutes: int = Field(
         360, ge=1, le=7 * 24 * 60,

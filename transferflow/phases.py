@@ -77,17 +77,24 @@ def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
     run with another max_leakage decides afresh."""
     from transferflow.evaluation import check_golden_classes
 
-    ref = prepare_dataset(config.dataset, prepare_options(config), logger=logger)
+    if config.engine == "ray":
+        from transferflow.scaleout.prepare import prepare_on_ray
+
+        ref = prepare_on_ray(config.dataset, prepare_options(config), config.num_workers, logger=logger)
+    else:
+        ref = prepare_dataset(config.dataset, prepare_options(config), logger=logger)
     check_leakage(ref.leakage, config.max_leakage, ref.source, logger)
     check_golden_classes(config.registry_name, ref)
     return ref
 
 
 def prepare_options(config: RetrainConfig) -> PrepareOptions:
-    """The dataset stage's options; image_size "auto" is bounded by the backbone's sizes."""
+    """The dataset stage's options; image_size "auto" is bounded by the backbone's sizes. Engine ray
+    always writes the streamed format (threshold 0), so the cache key says so too."""
     spec = backbones.get_spec(config.backbone)
+    threshold = 0 if config.engine == "ray" else config.stream_threshold_mb
     return PrepareOptions(config.image_size, config.val_fraction, config.test_fraction, config.seed,
-                          config.max_bad_image_fraction, config.stream_threshold_mb,
+                          config.max_bad_image_fraction, threshold,
                           auto_bounds=(spec.min_size, spec.native_size))
 
 
@@ -130,7 +137,11 @@ def build_backbone(config: RetrainConfig, dataset: DatasetRef | None = None, log
 
 def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef, run_id: str,
                logger=log, on_epoch=None) -> PhaseOutcome:
-    """Train a new head on the frozen backbone and stage the model."""
+    """Train a new head on the frozen backbone and stage the model (engine ray: on the cluster)."""
+    if config.engine == "ray":
+        from transferflow.scaleout.training import train_head_on_ray
+
+        return train_head_on_ray(config, dataset, backbone, run_id, logger, on_epoch)
     import keras
 
     from transferflow import model as modeling
@@ -177,7 +188,12 @@ def standardize_features(classifier, train, batch_size: int, logger=log) -> None
 
 def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, run_id: str,
               logger=log, on_epoch=None) -> FineTuneOutcome:
-    """Unfreeze the top blocks, train at a low rate, keep the result only if val did not drop."""
+    """Unfreeze the top blocks, train at a low rate, keep the result only if val did not drop
+    (engine ray: on the cluster)."""
+    if config.engine == "ray":
+        from transferflow.scaleout.training import fine_tune_on_ray
+
+        return fine_tune_on_ray(config, dataset, head, run_id, logger, on_epoch)
     from transferflow import model as modeling
     from transferflow.training import fit_phase
 
@@ -254,14 +270,21 @@ def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: Backbone
         logger.info("reusing backbone features from %s (same dataset, backbone, weights and size)",
                     key.uri())
         return stored, {"source": "reused", "uri": key.uri()}
-    started = time.monotonic()
-    splits = {name: data.splits[name] for name in ("train", "val")}
-    features = extract_features(classifier, splits, plan.global_batch(config.batch_size))
+    started, info = time.monotonic(), {}
+    if config.engine == "ray":  # the same features, keys and store; the backbone runs on every worker
+        from transferflow.scaleout.features import extract_on_ray
+
+        features, info["ray"] = extract_on_ray(classifier, dataset, ("train", "val"),
+                                               plan.global_batch(config.batch_size), config.num_workers,
+                                               config.gpus_per_worker, logger)
+    else:
+        splits = {name: data.splits[name] for name in ("train", "val")}
+        features = extract_features(classifier, splits, plan.global_batch(config.batch_size))
     uri = save_features(key, features)
     seconds = time.monotonic() - started
     logger.info("backbone features computed once for %d train + %d val images (%.1fs), stored at %s; "
                 "training the head on them", len(features["train"]), len(features["val"]), seconds, uri)
-    return features, {"source": "computed", "uri": uri, "seconds": round(seconds, 2)}
+    return features, {"source": "computed", "uri": uri, "seconds": round(seconds, 2), **info}
 
 
 def _stage(classifier, phase: str, config: RetrainConfig, run_id: str, metrics: dict,

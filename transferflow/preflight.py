@@ -17,12 +17,14 @@ from pathlib import Path
 
 from transferflow import storage
 from transferflow.config import RetrainConfig
-from transferflow.errors import DatasetError, StorageError, WeightsError
+from transferflow.errors import ConfigError, DatasetError, StorageError, WeightsError
 
 SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 DATASET_FORMS = ("a built-in name ({builtins}), an http(s) archive URL, s3://bucket/prefix/, or a local "
                  "folder (one subfolder per class) or archive")
 WEIGHTS_FORMS = "imagenet, none, or the local path, file:// or s3:// URI of a .weights.h5 file"
+RAY_PORTS = {"ray": 10001, "": 6379}  # Ray Client's port for ray://, else the head's GCS port
+RAY_CONNECT_TIMEOUT_S = 5.0
 
 
 def preflight(config: RetrainConfig, *, as_flags: bool = False) -> None:
@@ -33,6 +35,8 @@ def preflight(config: RetrainConfig, *, as_flags: bool = False) -> None:
         from transferflow.exports import check_installed
 
         check_installed(config.export, "--export" if as_flags else "export")
+    if config.engine == "ray":
+        check_ray("--engine" if as_flags else "engine")
 
 
 def check_dataset(dataset: str, label: str = "dataset") -> None:
@@ -163,3 +167,37 @@ def _check_local_weights(weights: str, label: str) -> None:
     damage = damaged_weights(path)
     if damage:
         raise WeightsError(f"{label} {weights} is damaged: {damage}. {DAMAGED_FIX}")
+
+
+def check_ray(label: str = "engine") -> None:
+    """engine ray: Ray is installed, and the cluster at RAY_ADDRESS, when set, answers. Neither
+    imports Ray (seconds) nor joins the cluster: a TCP connection to its port is enough to tell."""
+    from transferflow.scaleout.cluster import INSTALL_HINT, ray_installed
+
+    if not ray_installed():
+        raise ConfigError(f"{label} ray needs Ray, which is not installed here: {INSTALL_HINT}, or pass "
+                          f"{label} local")
+    address = os.environ.get("RAY_ADDRESS", "").strip()
+    if address and address not in ("auto", "local"):
+        _check_ray_address(address, label)
+
+
+def _check_ray_address(address: str, label: str) -> None:
+    scheme, _, rest = address.rpartition("://")
+    netloc = rest.split("/", 1)[0]
+    host, colon, port_text = netloc.rpartition(":")
+    if not colon:  # no port: Ray's default for the form
+        host, port_text = netloc, str(RAY_PORTS.get(scheme, RAY_PORTS[""]))
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"RAY_ADDRESS {address!r} is not host:port or ray://host:port: fix it, or unset "
+                          "it to start a local Ray cluster for the run") from None
+    try:
+        with socket.create_connection((host, port), timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"{label} ray: the Ray cluster at RAY_ADDRESS {address} does not answer on {host}:{port} "
+            f"({exc.strerror or exc}): start it (`make ray-up` prints the address to export), fix "
+            "RAY_ADDRESS, or unset it to start a local cluster for the run") from None

@@ -62,7 +62,20 @@ def _phase_table(metadata: TrainingRecord, elapsed_s: float | None) -> list[str]
             lines.append(f"| {phase} | {m.epochs_run} | {percent(m.val_accuracy)} | {m.seconds} |")
     if elapsed_s is not None:
         lines.append(f"| whole run | | | {elapsed_s:.0f} |")
-    return lines
+    return lines + cluster_lines(metadata.training)
+
+
+def cluster_lines(training: dict) -> list[str]:
+    """Where each phase trained, for phases run on a Ray cluster (engine ray): workers, nodes, GPUs,
+    attempts (more than one: a failed worker was replaced) and the phase's wall time."""
+    lines = []
+    for phase in ("head", "fine_tune"):
+        cluster = (training.get(phase) or {}).get("cluster")
+        if cluster:
+            c = cluster.get
+            lines.append(f"- {phase} on Ray: {c('workers')} workers on {c('nodes')} nodes ({c('cpus')} CPUs, "
+                         f"{c('gpus')} GPUs), {c('attempts')} attempt(s), {c('seconds')} s")
+    return [""] + lines if lines else []
 
 
 def _gate_lines(metadata: TrainingRecord) -> list[str]:

@@ -316,9 +316,10 @@ def upload_file(path: Path, bucket: str, key: str) -> None:
 
 
 def download_file(bucket: str, key: str, path: Path) -> Path:
-    """Download to `path` through a temporary name, so a partial file is never left."""
+    """Download to `path` through a temporary name, so a partial file is never left. The name is this
+    download's own: processes sharing a cache (Ray workers on a node) may fetch one object at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.part")
     with translated("download", bucket, key):
         client().download_file(bucket, key, str(partial))
     partial.replace(path)

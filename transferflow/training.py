@@ -177,13 +177,15 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
               on_epoch: Callable[[int, int], None] | None = None, schedule: str = "constant",
               class_weight: dict[int, float] | None = None, jit_compile: bool = False,
               checkpoint_uri: str | None = None, checkpoint_every_steps: int = 0,
-              checkpoint_keep: int = 2) -> PhaseMetrics:
+              checkpoint_keep: int = 2, checkpoint_scratch: bool = False) -> PhaseMetrics:
     """Compile, fit with early stopping (best weights restored), then measure on val.
 
     `batch_size` is the global batch (all replicas together). With `checkpoint_uri`, the
     phase checkpoints there every epoch (or every `checkpoint_every_steps` steps) and a new
     attempt resumes from the last checkpoint at the step it was taken: it skips the batches
     of that epoch already trained on, so it sees what an uninterrupted run sees.
+    `checkpoint_scratch`: this process is a multi-worker strategy's non-chief worker, which
+    resumes from the chief's checkpoints but writes its own to a discarded scratch folder.
     """
     keras.utils.set_random_seed(seed)
     steps = math.ceil(len(split_labels(train)) / batch_size)
@@ -197,7 +199,8 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
         from transferflow.checkpoints import EndResumedEpoch, S3Checkpoint
 
         checkpoint = S3Checkpoint(checkpoint_uri, phase, seed, steps, checkpoint_every_steps,
-                                  checkpoint_keep, early_stopping=stopper, logger=logger)
+                                  checkpoint_keep, early_stopping=stopper, logger=logger,
+                                  scratch=checkpoint_scratch)
         callbacks.append(checkpoint)  # after EarlyStopping: it restores that callback's state
         start = checkpoint.resume_point()
         if start[1]:  # first: it must undo its own stop before EarlyStopping decides

@@ -14,7 +14,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,9 @@ class PrepareOptions:
     max_bad_fraction: float = 0.01  # corrupt images tolerated (skipped) before the stage fails
     stream_threshold_mb: int = 2048  # above this decoded size: sharded TFRecord, streamed
     auto_bounds: tuple[int, int] = (32, 224)  # the backbone's minimum and native input size
+    # (splits, image size) -> the same splits whose loaders decode elsewhere (engine ray, see
+    # transferflow.scaleout.prepare); they must give what the local loaders give, in the same order
+    decoder: Callable[[dict[str, Items], int], dict[str, Items]] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -157,6 +160,8 @@ def _prepare_at(dataset: str, fingerprint: str, source: Source, options: Prepare
     class_names, given = source.plan(options.image_size)
     splits, origin = complete_splits(given, options.val_fraction, options.test_fraction,
                                      options.seed, class_names)
+    if options.decoder is not None:
+        splits = options.decoder(splits, options.image_size)
     total = sum(len(items.labels) for items in splits.values())
     stream = _should_stream(total, options.image_size, options)
     variant += STREAMED_SUFFIX * stream

@@ -77,10 +77,12 @@ class StreamSplit:
 
         size = self.image_size
         records = records.apply(tf.data.experimental.assert_cardinality(len(self)))  # Keras knows the steps
-        return records.map(lambda r: _parse(r, size), num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+        parsed = records.map(lambda r: parse_record(r, size), num_parallel_calls=tf.data.AUTOTUNE)
+        return parsed.batch(batch_size)
 
 
-def _parse(record, size: int):
+def parse_record(record, size: int):
+    """One serialized example as (float32 pixels, int32 label), as training and features read it."""
     import tensorflow as tf
 
     parsed = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string),
