@@ -6,6 +6,7 @@ line per epoch plus in-epoch progress for long epochs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -136,7 +137,11 @@ def train_batches(split, batch_size: int, seed: int, epochs: int, start: tuple[i
     import tensorflow as tf
 
     first_epoch, skip = start
-    epoch_batches = split.epoch_batches if hasattr(split, "epoch_batches") else array_epochs(*split)
+    if hasattr(split, "epoch_batches"):  # streamed: fetch the shards now, not inside flat_map's trace
+        shards = split.local_shards()
+        epoch_batches = functools.partial(split.epoch_batches, shards=shards)
+    else:
+        epoch_batches = array_epochs(*split)
     stream = tf.data.Dataset.range(first_epoch, epochs).flat_map(
         lambda epoch: epoch_batches(batch_size, seed, epoch))
     return stream.skip(skip).prefetch(tf.data.AUTOTUNE)

@@ -57,15 +57,19 @@ class StreamSplit:
         records = tf.data.TFRecordDataset(files, buffer_size=8 << 20)  # read ahead in the background
         return self._batches(records, batch_size).prefetch(tf.data.AUTOTUNE)
 
-    def epoch_batches(self, batch_size: int, seed: int, epoch):
+    def epoch_batches(self, batch_size: int, seed: int, epoch, shards: list[str] | None = None):
         """One training epoch: shard order shuffled, several shards read at once, records mixed in a
         bounded buffer. Every random choice is seeded from (seed, epoch) and the reads are
         deterministic, so with the same global seed (fit_phase sets it to `seed`) the same epoch
-        gives the same order in any process: a resumed run skips exactly the batches it saw."""
+        gives the same order in any process: a resumed run skips exactly the batches it saw.
+
+        `shards`: the local shard paths, fetched beforehand by a caller that builds epochs inside
+        a traced function (tf.data's flat_map), where fetching would make autograph try to
+        convert the S3 client's code."""
         import tensorflow as tf
 
         epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
-        files = tf.data.Dataset.from_tensor_slices(self.local_shards())
+        files = tf.data.Dataset.from_tensor_slices(shards if shards is not None else self.local_shards())
         files = files.shuffle(len(self.shards), seed=epoch_seed, reshuffle_each_iteration=False)
         records = files.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(self.shards)),
                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -135,7 +135,6 @@ class Reads:
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)
-            partial.with_name(partial.name + ".part").unlink(missing_ok=True)
         log.debug("pulled %s:%d (%s) to %s (sha256 verified)", name, version, export, target)
         return target
 
