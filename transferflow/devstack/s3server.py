@@ -80,14 +80,15 @@ def ephemeral_low() -> int:
 
 
 def free_ports(count: int) -> list[int]:
-    """Ports p where both p and p+10000 (weed's gRPC twin) are free, both below the ephemeral
-    range: a restarted store reuses its ports, and a port in that range can meanwhile be taken by
-    any outgoing connection on the machine (a busy test session or benchmark opens thousands)."""
+    """Ports p where both p and p+10000 (weed's gRPC twin) are free: p in 10000-19999 and twins in
+    20000-29999, so no listener's port is another's twin, and both below the ephemeral range: a
+    restarted store reuses its ports, and a port in that range can meanwhile be taken by any
+    outgoing connection on the machine (a busy test session or benchmark opens thousands)."""
     chosen: list[int] = []
     rng = secrets.SystemRandom()
-    high = max(ephemeral_low() - GRPC_OFFSET, 12000)
+    high = min(10000 + GRPC_OFFSET, ephemeral_low() - GRPC_OFFSET)  # p < twins < the ephemeral range
     while len(chosen) < count:
-        port = rng.randrange(10000, high)
+        port = rng.randrange(10000, max(high, 10001))
         if port not in chosen and port_is_free(port) and port_is_free(port + GRPC_OFFSET):
             chosen.append(port)
     return chosen
