@@ -3,18 +3,20 @@ parameters (and so the Prefect UI form) and the metadata saved with a model."""
 
 from __future__ import annotations
 
-import hashlib
-import re
-import unicodedata
-from enum import Enum, StrEnum
+from enum import Enum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from transferflow.backbones import BACKBONES, DEFAULT_BACKBONE
+from transferflow.choices import Engine, ExportFormat, PromoteMetric, Schedule, TrainOn
 from transferflow.compute import Strategy
+from transferflow.naming import MODEL_NAME_RE, dataset_slug, default_model_name
 
-MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# Re-exported: older code and tests import these names from transferflow.config.
+__all__ = ["Backbone", "Engine", "ExportFormat", "MODEL_NAME_RE", "PromoteMetric", "RetrainConfig",
+           "Schedule", "TrainOn", "dataset_slug", "default_model_name", "has_credentials"]
+
 WEIGHT_CHOICES = ("imagenet", "none")
 
 Backbone = Enum("Backbone", {name.upper(): name for name in BACKBONES}, type=str)
@@ -30,44 +32,6 @@ def _number_or_auto(kind: str, low: float, high: float) -> dict:
 def has_credentials(uri: str) -> bool:
     """Whether a URI carries user:password@ before its host (which would reach logs and metadata)."""
     return "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]
-
-
-class TrainOn(StrEnum):
-    """Where the training phases run."""
-
-    AUTO = "auto"  # the gpu pool's train/gpu deployment if it exists, else in-process
-    LOCAL = "local"  # in the retrain flow's own process
-    GPU_POOL = "gpu-pool"  # always through the train/gpu deployment
-
-
-class Engine(StrEnum):
-    """What decodes images, computes backbone features and trains: this process, or a Ray cluster."""
-
-    LOCAL = "local"
-    RAY = "ray"  # the cluster at RAY_ADDRESS, else a local one started on this machine
-
-
-class PromoteMetric(StrEnum):
-    """What the promotion gate compares the new version and production on."""
-
-    ACCURACY = "accuracy"
-    MACRO_F1 = "macro_f1"
-
-
-class Schedule(StrEnum):
-    """How the fine-tuning learning rate moves over the phase."""
-
-    CONSTANT = "constant"
-    COSINE = "cosine"  # cosine decay from fine_tune_learning_rate to 0
-    WARMUP_COSINE = "warmup_cosine"  # linear warm-up over the first epoch, then cosine decay
-
-
-class ExportFormat(StrEnum):
-    """A portable export made at registration, verified against the Keras model on the test split."""
-
-    ONNX = "onnx"  # checked with onnxruntime
-    LITERT = "litert"  # .tflite, float32, checked with the LiteRT interpreter
-    LITERT_INT8 = "litert_int8"  # .tflite, int8 post-training quantisation (calibrated on train images)
 
 
 class RetrainConfig(BaseModel):
@@ -360,30 +324,3 @@ class RetrainConfig(BaseModel):
                              "logs and metadata; copy the data to S3 and pass s3://..., with the "
                              "credentials in the environment")
         return value
-
-
-# Latin letters that Unicode does not decompose into an ASCII letter plus accents.
-_LATIN_LETTERS = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O",
-                                "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "ł": "l", "Ł": "L", "þ": "th",
-                                "Þ": "TH", "ı": "i"})
-
-
-def dataset_slug(dataset: str, limit: int = 50) -> str:
-    """A key-safe short name from the dataset's last path part, e.g. 'flowers'. Accents fold
-    ('données' -> 'donnees'); letters with no ASCII form (Cyrillic, CJK...) become a short hash
-    of the name ('ds-1a2b3c4d'), so that different names keep different slugs."""
-    stem = dataset.split("#")[0].split("?")[0].rstrip("/").rsplit("/", 1)[-1]
-    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
-        stem = stem.removesuffix(suffix)
-    folded = unicodedata.normalize("NFKD", stem.translate(_LATIN_LETTERS))
-    slug = re.sub(r"[^a-z0-9._-]+", "-", folded.encode("ascii", "ignore").decode().lower()).strip("-._")
-    if not any(not c.isascii() and unicodedata.category(c)[0] in "LN" for c in folded):
-        return slug[:limit] or "dataset"
-    tag = hashlib.sha256(unicodedata.normalize("NFC", stem).encode()).hexdigest()[:8]
-    return f"{slug[: limit - 9].rstrip('-._') or 'ds'}-{tag}"
-
-
-def default_model_name(dataset: str, backbone: str) -> str:
-    """A registry name from the dataset and backbone, e.g. 'flowers-vgg16' (at most 63 characters)."""
-    slug = dataset_slug(dataset, limit=min(50, 62 - len(backbone))).rstrip("-._") or "dataset"
-    return f"{slug}-{backbone}"
