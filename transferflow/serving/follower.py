@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from transferflow import storage
 from transferflow.errors import RegistryError, StorageError, TransferflowError
-from transferflow.registry import REF_RE, AliasDocument
-from transferflow.registry.layout import alias_key
+from transferflow.registry import AliasDocument
+from transferflow.registry.layout import alias_key, parse_reference
 from transferflow.serving.health import ServingHealth, SwapFailure
 from transferflow.serving.versions import ModelSlot, ServedVersion, load_version
 
@@ -37,12 +37,10 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
-        match = REF_RE.match(text)
-        if not match:
-            raise RegistryError(f"{text!r} is not NAME, NAME:VERSION or NAME@ALIAS (e.g. flowers@production)")
-        if match["version"]:
-            return cls(match["name"], None, int(match["version"]))
-        return cls(match["name"], match["alias"] or "latest", None)
+        name, version, alias = parse_reference(text)
+        if version is not None:
+            return cls(name, None, version)
+        return cls(name, alias or "latest", None)
 
     def __str__(self) -> str:
         return f"{self.name}@{self.alias}" if self.alias else f"{self.name}:{self.version}"
