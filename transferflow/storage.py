@@ -365,12 +365,10 @@ def abort_stale_uploads(bucket: str, older_than_s: float = 3600.0, page_size: in
     with translated("list uploads in", bucket):
         pages = client().get_paginator("list_multipart_uploads").paginate(
             Bucket=bucket, PaginationConfig={"PageSize": page_size})  # S3 lists at most 1000 a page
-        for page in pages:
-            for upload in page.get("Uploads", []):
-                if upload["Initiated"].timestamp() <= cutoff:
-                    client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
-                                                    UploadId=upload["UploadId"])
-                    aborted += 1
+        for upload in (upload for page in pages for upload in page.get("Uploads", [])):
+            if upload["Initiated"].timestamp() <= cutoff:
+                client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                aborted += 1
     return aborted
 
 
