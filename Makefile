@@ -46,7 +46,7 @@ help: ## list the targets
 venv: $(STAMP) ## create .venv and install transferflow with its dev tools
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "transferflow needs Python >= 3.11; set PYTHON=python3.11")'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11, 4) else "transferflow needs Python >= 3.11.4 (tarfile extraction filters); set PYTHON=python3.12")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,export,ray]'  # export: onnx/litert checks, ray: engine ray tests

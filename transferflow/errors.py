@@ -57,14 +57,17 @@ class CLIError(TransferflowError):
 class RequestError(TransferflowError):
     """A request that `transferflow serve` refuses: bad input, too large, unknown model, no token.
 
-    `status` is the HTTP status it is answered with (4xx: the client's fault, fixable by it; 503:
-    no model loaded yet), `kind` the label it is counted under in /metrics.
+    `status` is the HTTP status it is answered with (4xx: the client's fault, fixable by it; 429:
+    the server is busy, retry later; 503: no model loaded yet), `kind` the label it is counted
+    under in /metrics.
     """
 
-    def __init__(self, message: str, status: int = 400, kind: str = "bad_request"):
+    def __init__(self, message: str, status: int = 400, kind: str = "bad_request",
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.kind = kind
+        self.headers = headers  # e.g. Retry-After on a 429
 
 
 class ExportError(TransferflowError):

@@ -84,10 +84,11 @@ def _read_split(location: storage.S3Location, entry: dict) -> np.ndarray:
             path = localcache.cached_download(uri)
         except StorageError as exc:
             raise DamagedFeatures(f"{shard['name']}: {exc}") from None
-        if storage.sha256_file(path) != shard["sha256"]:
-            path.unlink()
-            raise DamagedFeatures(f"{shard['name']} does not match the manifest's sha256")
-        parts.append(np.load(path, allow_pickle=False))
+        with localcache.locked(path):  # checked and read while no other process replaces or removes it
+            if storage.sha256_file(path) != shard["sha256"]:
+                path.unlink()
+                raise DamagedFeatures(f"{shard['name']} does not match the manifest's sha256")
+            parts.append(np.load(path, allow_pickle=False))
     array = np.concatenate(parts) if parts else np.zeros((0, entry["dim"]), np.float32)
     if array.shape != (entry["rows"], entry["dim"]):
         raise DamagedFeatures(f"shape {array.shape}, the manifest says {(entry['rows'], entry['dim'])}")

@@ -10,12 +10,17 @@ Every check is recorded with its numbers, and the decision's reason names each o
   metric         no worse than production on promote_metric, within promote_tolerance
   class_recall   no class's recall drops by more than max_class_regression
   mcnemar        the exact McNemar test does not find the new version worse (p >= mcnemar_alpha)
+
+Boundaries are decided on counts, exactly: accuracy, recall and macro-F1 are ratios of whole
+numbers of images, compared as fractions with the thresholds as the decimals the user wrote
+(0.1 is 1/10), so a 2-of-20 recall drop is the same decision from 16/20 as from 20/20.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from fractions import Fraction
 
 from pydantic import BaseModel
 
@@ -173,7 +178,7 @@ def _floor(rule: PromotionRule, test: dict) -> tuple[PromotionCheck, dict]:
             ),
             dict(min_accuracy=baseline.accuracy, floor_rule="auto", floor_p_value=baseline.p_value),
         )
-    passed = accuracy >= rule.min_accuracy
+    passed = _exact_accuracy(test) >= _decimal(rule.min_accuracy)
     return (
         PromotionCheck(
             name="floor",
@@ -219,7 +224,43 @@ def _summary(scored: Scored) -> dict:
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
         "recall": {name: row["recall"] for name, row in metrics["per_class"].items()},
+        "counts": _class_counts(metrics),
     }
+
+
+def _class_counts(metrics: dict) -> dict[str, list[int]]:
+    """Per class [true positives, false positives, false negatives], from the confusion matrix:
+    what the exact comparisons are made of."""
+    matrix = metrics["confusion_matrix"]
+    names = list(metrics["per_class"])
+    return {name: [matrix[i][i], sum(row[i] for row in matrix) - matrix[i][i], sum(matrix[i]) - matrix[i][i]]
+            for i, name in enumerate(names)}
+
+
+def _decimal(value: float) -> Fraction:
+    """A threshold as the decimal it was written as (0.1 -> 1/10, not the float's 0.1000000000000000055)."""
+    return Fraction(repr(float(value)))
+
+
+def _exact_accuracy(metrics: dict) -> Fraction:
+    matrix = metrics["confusion_matrix"]
+    return Fraction(sum(matrix[i][i] for i in range(len(matrix))), max(metrics["images"], 1))
+
+
+def _exact(side: dict, metric: str) -> Fraction:
+    """accuracy or macro-F1 of one side of a comparison, as an exact fraction of its counts."""
+    counts = side["counts"]
+    if metric == "accuracy":
+        images = sum(tp + fn for tp, _, fn in counts.values())
+        return Fraction(sum(tp for tp, _, _ in counts.values()), max(images, 1))
+    present = [(tp, fp, fn) for tp, fp, fn in counts.values() if tp + fn > 0]
+    f1 = sum((Fraction(2 * tp, 2 * tp + fp + fn) for tp, fp, fn in present), Fraction(0))
+    return f1 / max(len(present), 1)
+
+
+def _exact_recall(side: dict, cls: str) -> Fraction:
+    tp, _, fn = side["counts"][cls]
+    return Fraction(tp, tp + fn)
 
 
 def _compare(challenger: Scored, champion: Scored) -> Comparison:
@@ -238,7 +279,8 @@ def _same_images_checks(
 ) -> list[PromotionCheck]:
     where = f"on the same {comparison.images} {name} images"
     new, old = comparison.challenger[rule.metric], comparison.champion[rule.metric]
-    holds = new >= old - rule.tolerance
+    holds = (_exact(comparison.challenger, rule.metric)
+             >= _exact(comparison.champion, rule.metric) - _decimal(rule.tolerance))
     checks = [
         PromotionCheck(
             name=f"metric:{name}",
@@ -255,7 +297,7 @@ def _same_images_checks(
 
 def _class_recall(rule: PromotionRule, name: str, comparison: Comparison, where: str) -> PromotionCheck:
     drops = {
-        cls: old - comparison.challenger["recall"][cls]
+        cls: _exact_recall(comparison.champion, cls) - _exact_recall(comparison.challenger, cls)
         for cls, old in comparison.champion["recall"].items()
         if old is not None and comparison.challenger["recall"].get(cls) is not None
     }
@@ -268,12 +310,12 @@ def _class_recall(rule: PromotionRule, name: str, comparison: Comparison, where:
         )
     worst = max(drops, key=lambda cls: (drops[cls], cls))
     new, old = comparison.challenger["recall"][worst], comparison.champion["recall"][worst]
-    if drops[worst] > rule.max_class_regression:
+    if drops[worst] > _decimal(rule.max_class_regression):
         return PromotionCheck(
             name=f"class_recall:{name}",
             passed=False,
             detail=f"class {worst!r} recall {new:.4f} vs production's {old:.4f} {where}: drops "
-            f"{drops[worst]:.4f}, more than max_class_regression {rule.max_class_regression:.4f}",
+            f"{float(drops[worst]):.4f}, more than max_class_regression {rule.max_class_regression:.4f}",
         )
     return PromotionCheck(
         name=f"class_recall:{name}",

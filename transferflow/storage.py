@@ -354,7 +354,7 @@ def delete_prefix(bucket: str, prefix: str) -> int:
     return len(keys)
 
 
-def abort_stale_uploads(bucket: str, older_than_s: float = 3600.0) -> int:
+def abort_stale_uploads(bucket: str, older_than_s: float = 3600.0, page_size: int = 1000) -> int:
     """Abort multipart uploads started more than `older_than_s` ago and never completed.
 
     boto3 aborts a failed multipart upload itself, but not when the store was down at that
@@ -363,8 +363,9 @@ def abort_stale_uploads(bucket: str, older_than_s: float = 3600.0) -> int:
     cutoff = time.time() - older_than_s
     aborted = 0
     with translated("list uploads in", bucket):
-        found = client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
-        for upload in found:
+        pages = client().get_paginator("list_multipart_uploads").paginate(
+            Bucket=bucket, PaginationConfig={"PageSize": page_size})  # S3 lists at most 1000 a page
+        for upload in (upload for page in pages for upload in page.get("Uploads", [])):
             if upload["Initiated"].timestamp() <= cutoff:
                 client().abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 aborted += 1

@@ -115,6 +115,17 @@ def test_unfinished_multipart_uploads_are_aborted(store):
     assert client.list_multipart_uploads(Bucket="faults").get("Uploads", []) == []
 
 
+def test_stale_uploads_beyond_one_page_are_all_aborted(store):
+    """S3 lists at most 1000 uploads a page: with pages of 2, 5 uploads take three pages."""
+    client = storage.client()
+    for index in range(5):
+        client.create_multipart_upload(Bucket="faults", Key=f"runs/r4/part-{index}.keras")
+    first = client.list_multipart_uploads(Bucket="faults", MaxUploads=2)
+    assert len(first.get("Uploads", [])) == 2 and first["IsTruncated"]  # the store pages as S3 does
+    assert storage.abort_stale_uploads("faults", older_than_s=0, page_size=2) == 5
+    assert client.list_multipart_uploads(Bucket="faults").get("Uploads", []) == []
+
+
 def test_a_store_that_stays_down_fails_fast_naming_the_endpoint(store):
     from transferflow import phases
 

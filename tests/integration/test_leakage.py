@@ -67,3 +67,23 @@ def test_streamed_preparation_finds_the_same_leaks(bucket, tmp_path):
 def test_a_clean_dataset_records_no_leaks(bucket, sample_dataset):
     ref = phases.download_dataset(RetrainConfig(dataset=str(sample_dataset), image_size=32, max_leakage=0.0))
     assert ref.leakage.exact == ref.leakage.near == 0 and ref.leakage.test_images == 9
+
+
+def test_aligned_patterns_in_many_colours_pass_at_the_defaults_and_planted_copies_do_not(bucket, tmp_path):
+    """4 shapes drawn at one place in random colours: the grey hash alone called them copies of
+    each other. At the default max_leakage they pass; with copies planted in test they fail."""
+    import tensorflow as tf
+
+    root = write_dataset(tmp_path / "patterns", classes=4, per_class=12, splits=("train", "val", "test"),
+                         kind="patterns")
+    ref = phases.download_dataset(RetrainConfig(dataset=str(root), image_size=32))
+    assert (ref.leakage.exact, ref.leakage.near, ref.leakage.test_images) == (0, 0, 48)
+
+    for index in range(3):  # 3 of 51 test images are brighter copies of training images: 5.9%
+        original = root / "train" / "class_1" / f"img_{2 * index:04d}.png"
+        pixels = tf.io.decode_png(original.read_bytes()).numpy()
+        brighter = np.clip(pixels.astype(int) + 10, 0, 255).astype(np.uint8)
+        (root / "test" / "class_1" / f"planted_{index}.png").write_bytes(tf.io.encode_png(brighter).numpy())
+    with pytest.raises(DatasetError, match=r"3 of 51 test images \(5.9%\) duplicate training images: "
+                       r"0 exact, 3 near, .*test/class_1/planted_0.png ~ train/class_1/img_0000.png"):
+        phases.download_dataset(RetrainConfig(dataset=str(root), image_size=32))

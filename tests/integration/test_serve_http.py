@@ -23,12 +23,13 @@ import pytest
 
 from tests.integration.test_cli import run_cli
 from transferflow import storage
-from transferflow.registry import Registry
+from transferflow.registry import ModelVersion, Registry
 from transferflow.registry.documents import TrainingRecord
 
 NAME, SIZE, CLASSES = "tiny", 32, ["circle", "square", "triangle"]
 TOKEN = secrets.token_urlsafe(24)
 POLL_SECONDS = 1.0
+STALE_AFTER_S = 3.0
 READY_TIMEOUT_S = 180
 
 
@@ -75,7 +76,8 @@ def server(served_bucket, tmp_path_factory):
     port = free_ports(1)[0]
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     command = [sys.executable, "-m", "transferflow.cli", "serve", f"{NAME}@production", "--port", str(port),
-               "--poll-seconds", str(POLL_SECONDS), "--max-body-mb", "1", "--max-megapixels", "1"]
+               "--poll-seconds", str(POLL_SECONDS), "--max-body-mb", "1", "--max-megapixels", "1",
+               "--stale-after-s", str(STALE_AFTER_S)]
     env = {**os.environ, "TRANSFERFLOW_SERVE_TOKEN": TOKEN}
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
@@ -142,7 +144,11 @@ def test_classify_answers_what_transferflow_predict_answers(client, images):
     assert (served["model"], served["version"]) == (NAME, 1)
     raw = client.post(f"/v1/models/{NAME}:classify", content=png.read_bytes(),
                       headers=PNG)
-    assert raw.status_code == 200 and raw.json()["predictions"][0]["top"] == served["predictions"][0]["top"]
+    assert raw.status_code == 200
+    alone, batched = raw.json()["predictions"][0]["top"], served["predictions"][0]["top"]
+    assert [t["class"] for t in alone] == [t["class"] for t in batched]  # the last bits differ by batch size
+    np.testing.assert_allclose([t["probability"] for t in alone], [t["probability"] for t in batched],
+                               atol=1e-6)
 
     expected = run_cli("predict", f"{NAME}@production", str(png), str(jpeg), "--top-k", "3", "--json")
     assert expected.returncode == 0, expected.stderr[-2000:]
@@ -307,3 +313,58 @@ class ClientLoad:
             assert not self.failures, self.failures[:5]
             time.sleep(0.05)
         assert version in self.versions[start:], f"version {version} never answered in {timeout} s"
+
+
+def metric_samples(client) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(client.get("/metrics").text)
+            for sample in family.samples}
+
+
+def wait_for(condition, what: str, timeout: float = 60.0):
+    """Poll until condition() returns something true (a bound for a test, not a speed assertion)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not seen in {timeout} s")
+
+
+def test_a_corrupt_version_is_retried_shown_and_counted_while_the_old_one_answers(client, server):
+    url, log = server
+    import httpx
+
+    corrupt = register(3)
+    bucket = storage.bucket_name()
+    storage.put_bytes(bucket, ModelVersion(NAME, corrupt, bucket).artifact_key, b"not a model",
+                      "application/octet-stream")  # altered after registration: its sha256 fails
+    load = ClientLoad(client, threads=2)
+    with load:
+        load.wait_for_version(1)
+        Registry().promote(NAME, corrupt, "production", reason="test: a version that cannot load")
+        failure = ("transferflow_swap_failures_total", (("model", NAME), ("version", "3")))
+        wait_for(lambda: metric_samples(client).get(failure, 0) >= 2, "a retried swap failure")
+        states = client.get(f"/v1/models/{NAME}").json()["model_version_status"]
+        ready = wait_for(lambda: (answer := httpx.get(f"{url}/readyz")).status_code == 503 and answer,
+                         f"/readyz failing after --stale-after-s {STALE_AFTER_S}")
+        Registry().rollback(NAME, "production", reason="test: back from the corrupt version")
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, "/readyz ready after the rollback")
+    assert load.failures == [] and set(load.versions) == {1}  # version 1 answered throughout
+    assert states[-1] == {"version": "1", "state": "AVAILABLE",
+                          "status": {"error_code": "OK", "error_message": ""}}
+    assert states[0]["version"] == "3" and states[0]["state"] in ("END", "LOADING")
+    body = ready.json()
+    assert body["status"] == "stale" and body["alias_version"] == 3 and body["version"] == 1
+    assert "integrity check failed for tiny:3" in body["swap_error"] and body["swap_attempts"] >= 2
+    text = log.read_text()
+    assert "tiny@production points at version 3, which cannot be served (attempt 2)" in text, text[-2000:]
+    assert client.get(f"/v1/models/{NAME}").json()["model_version_status"] == states[-1:]
+
+
+def test_a_short_token_is_refused_before_anything_starts(served_bucket):
+    refused = run_cli("serve", f"{NAME}@production", "--port", "1", env={"TRANSFERFLOW_SERVE_TOKEN": "short"})
+    assert refused.returncode != 0
+    assert "TRANSFERFLOW_SERVE_TOKEN is set but shorter than 16 characters" in refused.stderr

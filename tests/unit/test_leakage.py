@@ -13,9 +13,12 @@ from transferflow.data.leakage import (
     HashBook,
     LeakageReport,
     check_leakage,
+    colour_distance,
     find_leaks,
     image_hashes,
+    image_signatures,
 )
+from transferflow.devstack.samples import PATTERNS, pattern_image
 from transferflow.errors import DatasetError
 
 
@@ -94,6 +97,46 @@ def test_find_leaks_counts_exact_then_near_duplicates():
     assert leaks.candidates == 3 and leaks.sampled is None and leaks.share(len(test)) == 0.5
 
 
+def pattern_set(per_class: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([pattern_image(label, 32, rng) for label in range(len(PATTERNS))
+                     for _ in range(per_class)])
+
+
+def test_one_shape_in_other_colours_is_not_a_near_duplicate():
+    """Aligned patterns of 4 shapes in random colours: the phash alone calls most of them copies
+    of each other; confirmed by colour, none is."""
+    train, test = pattern_set(30, seed=0), pattern_set(10, seed=1)
+    (train_exact, train_phash, train_colour), (test_exact, test_phash, test_colour) = (
+        image_signatures(train), image_signatures(test))
+    grey_only = find_leaks(train_exact, train_phash, test_exact, test_phash)
+    assert len(grey_only.near) > len(test) // 3  # what users saw: distinct images refused
+    leaks = find_leaks(train_exact, train_phash, test_exact, test_phash, train_colour=train_colour,
+                       test_colour=test_colour)
+    assert leaks.exact == [] and leaks.near == []
+
+
+def test_changed_copies_of_patterns_are_still_confirmed_by_colour():
+    train = pattern_set(10, seed=2)
+    brighter = np.clip(train[:8].astype(int) + 10, 0, 255).astype(np.uint8)
+    recoded = np.stack([jpeg(image, 90) for image in train[8:16]])
+    signatures = image_signatures(train), image_signatures(np.concatenate([brighter, recoded]))
+    leaks = find_leaks(*signatures[0][:2], *signatures[1][:2], train_colour=signatures[0][2],
+                       test_colour=signatures[1][2])
+    found = dict(leaks.near)
+    assert sum(found.get(i) == i for i in range(8)) == 8  # every brighter copy, matched to its original
+    assert sum(found.get(8 + i) == 8 + i for i in range(8)) >= 6  # JPEG: the phash misses a few
+
+
+def test_colour_distance_ignores_a_uniform_brightness_change_but_not_other_colours():
+    rng = np.random.default_rng(3)
+    thumbs = rng.integers(30, 200, (2, 8, 8, 3)).astype(np.uint8)
+    brighter = (thumbs.astype(int) + 25).astype(np.uint8)
+    assert colour_distance(thumbs, brighter).tolist() == [0.0, 0.0]
+    swapped = thumbs[..., ::-1]  # the same cells, red and blue exchanged
+    assert (colour_distance(thumbs, swapped) > 20).all()
+
+
 def test_chunked_comparison_gives_the_unchunked_result():
     rng = np.random.default_rng(0)
     train_phash = rng.integers(0, 2**63, 300, dtype=np.uint64)
@@ -103,6 +146,12 @@ def test_chunked_comparison_gives_the_unchunked_result():
     whole = find_leaks(train_exact, train_phash, test_exact, test_phash, 2)
     chunked = find_leaks(train_exact, train_phash, test_exact, test_phash, 2, chunk_pairs=700)
     assert whole == chunked and len(whole.near) == len(train_phash[::7])
+    colours = np.random.default_rng(1).integers(0, 256, (len(train_phash) + len(test_phash), 8, 8, 3))
+    train_colour, test_colour = colours[:300].astype(np.uint8), colours[300:].astype(np.uint8)
+    test_colour[:len(train_phash[::7])] = train_colour[::7]  # the planted copies keep their colours
+    coloured = [find_leaks(train_exact, train_phash, test_exact, test_phash, 2, chunk_pairs=chunk,
+                           train_colour=train_colour, test_colour=test_colour) for chunk in (1 << 22, 700)]
+    assert coloured[0] == coloured[1] == whole
 
 
 def test_popcount_fallback_agrees_with_numpy(monkeypatch):

@@ -165,3 +165,63 @@ def test_production_answers_are_reindexed_into_the_new_versions_class_order():
     reindexed = _in_order(produced, old_order, CLASSES)
     assert reindexed.labels == [0, 1, 2] and reindexed.predicted == [0, 2, 2]
     assert reindexed.correct.tolist() == produced.correct.tolist()
+
+
+def recall_case(champion_right: int, challenger_right: int, rule: PromotionRule):
+    """20 cats: production gets `champion_right` right, the new version `challenger_right`; dogs
+    and foxes all right for both."""
+    champion = flipped({i: 1 for i in range(20 - champion_right)})
+    challenger = flipped({i: 1 for i in range(20 - challenger_right)})
+    return promotion_gate(rule, {"test": answers(LABELS, challenger)}, CLASSES,
+                          Champion(3, CLASSES, {"test": answers(LABELS, champion)}))
+
+
+def test_a_recall_drop_at_the_boundary_is_decided_on_counts_wherever_it_starts():
+    rule = PromotionRule(max_class_regression=0.1, tolerance=1.0, mcnemar_alpha=0)
+    # 2 of 20 is exactly 0.1: in floats 16/20 -> 14/20 "dropped" 0.10000000000000009, 20/20 -> 18/20 0.0999...
+    for before in (16, 20):
+        allowed = recall_case(before, before - 2, rule)
+        assert allowed.blessed, (before, allowed.reason)
+        refused = recall_case(before, before - 3, rule)
+        assert not refused.blessed and "drops 0.1500, more than max_class_regression 0.1000" in refused.reason
+
+
+def test_a_metric_drop_at_the_tolerance_is_decided_on_counts():
+    # 0.8 - 0.1 is 0.7000000000000001 in floats: 14/20 would be refused by rounding
+    cats = [0] * 20
+    champion, challenger = [0] * 16 + [1] * 4, [0] * 14 + [1] * 6
+    at_boundary = promotion_gate(PromotionRule(tolerance=0.1, max_class_regression=1.0, mcnemar_alpha=0),
+                                 {"test": answers(cats, challenger)}, CLASSES,
+                                 Champion(3, CLASSES, {"test": answers(cats, champion)}))
+    assert at_boundary.checks[2].name == "metric:test" and at_boundary.checks[2].passed, at_boundary.reason
+    beyond = promotion_gate(PromotionRule(tolerance=0.1, max_class_regression=1.0, mcnemar_alpha=0),
+                            {"test": answers(cats, [0] * 13 + [1] * 7)}, CLASSES,
+                            Champion(3, CLASSES, {"test": answers(cats, champion)}))
+    assert not beyond.checks[2].passed
+
+
+def test_a_fixed_floor_refuses_below_it_and_passes_at_it_exactly():
+    below = flipped({i: (LABELS[i] + 1) % 3 for i in range(7)})  # 53/60 = 0.8833
+    refused = promotion_gate(PromotionRule(min_accuracy=0.9), {"test": answers(LABELS, below)}, CLASSES,
+                             None)
+    assert not refused.blessed and refused.action == "none" and refused.floor_rule == "fixed"
+    assert "test accuracy 0.8833 < floor 0.9000" in refused.reason
+    at = flipped({i: (LABELS[i] + 1) % 3 for i in range(6)})  # 54/60 = 0.9 exactly
+    exactly = promotion_gate(PromotionRule(min_accuracy=0.9), {"test": answers(LABELS, at)}, CLASSES, None)
+    assert exactly.blessed, exactly.reason
+
+
+def test_the_chosen_metric_decides_where_accuracy_and_macro_f1_disagree():
+    # Both 54/60 right. Production's 6 errors are spread over the classes (macro-F1 0.9000); the new
+    # version's all call foxes cats (macro-F1 0.8977): as accurate, but worse by macro-F1.
+    champion = flipped({0: 1, 1: 1, 20: 2, 21: 2, 40: 0, 41: 0})
+    challenger = flipped({i: 0 for i in range(40, 46)})
+    scored = {"test": answers(LABELS, challenger)}
+    production = Champion(3, CLASSES, {"test": answers(LABELS, champion)})
+    loose = dict(max_class_regression=1.0, mcnemar_alpha=0)
+    assert promotion_gate(PromotionRule(metric="accuracy", **loose), scored, CLASSES, production).blessed
+    refused = promotion_gate(PromotionRule(metric="macro_f1", **loose), scored, CLASSES, production)
+    assert not refused.blessed and "test macro_f1 0.8977 vs production v3's 0.9000" in refused.reason
+    within = promotion_gate(PromotionRule(metric="macro_f1", tolerance=0.01, **loose), scored, CLASSES,
+                            production)
+    assert within.blessed, within.reason

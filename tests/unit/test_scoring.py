@@ -99,12 +99,23 @@ def test_temperature_scaling_softens_an_overconfident_model_and_lowers_its_error
     assert plan.val_nll_after < plan.val_nll_before
 
 
-def test_calibration_is_never_applied_when_it_would_not_help():
-    labels = np.array([0, 0, 0, 0, 1] * 20)
-    probabilities = np.tile([0.8, 0.2], (100, 1))  # already perfectly calibrated
+def test_a_fitted_temperature_that_would_raise_the_error_is_not_applied():
+    """12 validation answers where the likelihood's best temperature (1.34) raises the binned
+    calibration error: the plan says so and keeps the model as it is."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 12)
+    confidence = rng.uniform(0.55, 0.99, 12)
+    predicted = np.where(rng.random(12) < 0.75, labels, 1 - labels)
+    probabilities = np.zeros((12, 2))
+    probabilities[np.arange(12), predicted] = confidence
+    probabilities[np.arange(12), 1 - predicted] = 1 - confidence
+    temperature = fit_temperature(labels, probabilities)
+    before = expected_calibration_error(labels, probabilities)
+    assert expected_calibration_error(labels, with_temperature(probabilities, temperature)) > before + 0.05
     plan = calibration_plan(labels, probabilities)
-    assert plan.val_ece_after <= plan.val_ece_before
-    assert plan.applied or "not applied" in plan.reason
+    assert not plan.applied and plan.temperature == pytest.approx(temperature)
+    assert plan.val_ece_before == plan.val_ece_after == pytest.approx(before)
+    assert "would raise the validation calibration error" in plan.reason and "not applied" in plan.reason
 
 
 def test_the_temperature_folds_into_a_keras_classifier_exactly():

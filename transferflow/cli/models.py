@@ -186,12 +186,11 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_models_delete(args: argparse.Namespace) -> int:
-    from transferflow.registry import REF_RE
+    from transferflow.registry.layout import parse_reference
 
-    match = REF_RE.match(args.reference)
-    if not match or not match["version"]:
+    name, version, _ = parse_reference(args.reference)
+    if version is None:
         raise CLIError(f"delete takes NAME:VERSION, not {args.reference!r}: name the version")
-    name, version = match["name"], int(match["version"])
     keys = _registry().delete(name, version, dry_run=not args.yes)
     for key in keys:
         print(f"{'deleted' if args.yes else 'would delete'}  {key}")

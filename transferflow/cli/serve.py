@@ -35,6 +35,13 @@ def add_serve_command(commands) -> None:
                        "(default: 32)")
     serve.add_argument("--max-megapixels", type=float, default=40.0, help="largest image a header may "
                        "claim, checked before decoding (default: 40)")
+    serve.add_argument("--max-queue", type=int, default=256, help="images waiting for the model at most; "
+                       "a request beyond it gets 429 with Retry-After (default: 256)")
+    serve.add_argument("--max-inflight", type=int, default=64, help=":predict and :classify requests in "
+                       "progress at most; one more gets 429 with Retry-After before its body is read "
+                       "(default: 64)")
+    serve.add_argument("--stale-after-s", type=float, default=300.0, help="/readyz fails (503) when the "
+                       "alias has pointed at a version that cannot be loaded for this long (default: 300)")
     add_verbose_flag(serve)
     serve.set_defaults(handler=cmd_serve)
 
@@ -62,14 +69,19 @@ def settings_from(args: argparse.Namespace):
               (args.max_wait_ms >= 0, "--max-wait-ms must be 0 or more"),
               (args.poll_seconds > 0, "--poll-seconds must be more than 0"),
               (args.max_body_mb > 0, "--max-body-mb must be more than 0"),
-              (args.max_megapixels > 0, "--max-megapixels must be more than 0")]
+              (args.max_megapixels > 0, "--max-megapixels must be more than 0"),
+              (args.max_queue >= args.max_batch, "--max-queue must be at least --max-batch"),
+              (args.max_inflight >= 1, "--max-inflight must be at least 1"),
+              (args.stale_after_s >= 0, "--stale-after-s must be 0 or more")]
     for passed, message in checks:
         if not passed:
             raise CLIError(message)
     return ServeSettings(host=args.host, port=args.port, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms,
                          poll_seconds=args.poll_seconds, max_body_mb=args.max_body_mb,
-                         max_megapixels=args.max_megapixels, token=token_from_environment())
+                         max_megapixels=args.max_megapixels, max_queue=args.max_queue,
+                         max_inflight=args.max_inflight, stale_after_s=args.stale_after_s,
+                         token=token_from_environment())
 
 
 def token_from_environment() -> str | None:

@@ -20,6 +20,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from transferflow import localcache
 from transferflow.errors import (
     ChecksumError,
     DatasetError,
@@ -62,12 +63,19 @@ def download(url: str, target: Path, checksum: Checksum | None = None, *,
     Transient faults (timeouts, resets, 5xx, throttling) are retried with backoff; permanent
     ones (unknown host, 404/403) fail at once. A wrong checksum is never accepted: the bad
     file is removed and fetched once more, and the same wrong bytes twice fail as permanent.
+    Another process downloading the same target (a shared cache) is waited for, not joined:
+    the resumable <target>.part is one process's at a time.
     """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with localcache.locked(target, logger):
+        return _download_locked(url, target, checksum, attempts, logger)
+
+
+def _download_locked(url: str, target: Path, checksum: Checksum | None, attempts: int, logger) -> Path:
     if target.is_file() and (checksum is None or _matches(target, checksum)):
         logger.info("using cached download %s", target.name)
         return target
     partial = target.with_name(target.name + ".part")
-    target.parent.mkdir(parents=True, exist_ok=True)
     first = _fetch_verified(url, partial, checksum, attempts, logger)
     if first is not None:  # a second download tells bytes damaged in transit from a bad source
         logger.warning("checksum mismatch for %s (got %s): discarded, downloading it once more",

@@ -82,15 +82,16 @@ def extract_cached(archive: Path, key: str, discard_on_failure: bool = False) ->
     deleted, so the next run downloads it again instead of failing on the same bytes."""
     target = localcache.cache_dir() / "extracted" / key
     stamp = target / ".source-sha256"
-    digest = storage.sha256_file(archive)
-    if not (stamp.is_file() and stamp.read_text() == digest):
-        try:
-            downloads.extract(archive, target)
-        except DatasetError:
-            if discard_on_failure:
-                archive.unlink(missing_ok=True)
-            raise
-        stamp.write_text(digest)
+    with localcache.locked(target):  # another process may be unpacking it (its .extracting folder)
+        digest = storage.sha256_file(archive)
+        if not (stamp.is_file() and stamp.read_text() == digest):
+            try:
+                downloads.extract(archive, target)
+            except DatasetError:
+                if discard_on_failure:
+                    archive.unlink(missing_ok=True)
+                raise
+            stamp.write_text(digest)
     return target
 
 
@@ -105,17 +106,20 @@ def _fetch_s3(uri: str, logger) -> Path:
     if not objects:
         raise DatasetError(f"dataset {uri} has no objects at {storage.endpoint_label()}: "
                            "check the bucket and prefix")
-    target = localcache.cache_dir() / "s3" / location.bucket / prefix
+    target = localcache.cache_dir() / "s3" / location.bucket
+    if prefix:
+        target = localcache.cache_path(location.bucket, prefix)  # .. in the prefix is refused
     logger.info("syncing %d objects from %s", len(objects), uri)
     wanted = {safe_join(target, o["Key"][len(prefix):], uri): o for o in objects}
-    _remove_stale(target, set(wanted))
 
     def fetch(item: tuple[Path, dict]) -> None:
         local, obj = item
         localcache.download_if_changed(location.bucket, obj["Key"], local, obj["ETag"])
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(fetch, wanted.items()))
+    with localcache.locked(target, logger):  # the sweep must not remove what another run syncs
+        _remove_stale(target, set(wanted))
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(fetch, wanted.items()))
     return target
 
 

@@ -6,13 +6,24 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 
+def require_proc() -> None:
+    """The local stack tells its own processes from others by /proc (Linux only): elsewhere it
+    refuses, rather than delete pid files and leave processes running."""
+    if not sys.platform.startswith("linux"):
+        raise RuntimeError(f"the local dev stack (make stack-up, storage-up, ray-up) needs Linux's /proc to "
+                           f"track its processes; this is {sys.platform}. Run it in a Linux container or VM, "
+                           "or point AWS_ENDPOINT_URL and PREFECT_API_URL at services you run yourself")
+
+
 def _start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22)."""
+    require_proc()
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

@@ -83,6 +83,7 @@ def down(folder: Path) -> list[int]:
 
 def process_tree(root: int) -> dict[int, str]:
     """`root` and all its descendants, as pid -> start time (so a reused pid is not taken for one)."""
+    daemons.require_proc()
     parents = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and (fields := _stat(int(entry.name))):

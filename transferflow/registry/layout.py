@@ -36,23 +36,32 @@ ALIAS_RE = re.compile(r"^[a-z0-9._-]{1,63}$")
 ARTIFACT_KEY_RE = re.compile(rf"^{MODELS}/(?P<name>[^/]+)/versions/(?P<version>\d+)/{re.escape(ARTIFACT)}$")
 
 
+# Every key and file name built from a model name checks it here, so that whatever entry a name
+# came in by (CLI, serving, a flow parameter, Python), "/" or ".." never reaches a key or a path.
+
+
 def versions_prefix(name: str) -> str:
+    check_name(name)
     return f"{MODELS}/{name}/versions/"
 
 
 def aliases_prefix(name: str) -> str:
+    check_name(name)
     return f"{MODELS}/{name}/aliases/"
 
 
 def alias_key(name: str, alias: str) -> str:
+    check_alias(alias)
     return f"{aliases_prefix(name)}{alias}.json"
 
 
 def golden_key(name: str) -> str:
+    check_name(name)
     return f"{MODELS}/{name}/golden.json"
 
 
 def golden_data_prefix(name: str, fingerprint: str) -> str:
+    check_name(name)
     return f"golden/{name}/{fingerprint[:16]}"
 
 
@@ -64,6 +73,7 @@ def export_file(export: str, sha256: str) -> str:
 
 def pulled_name(name: str, version: int, export: str = KERAS) -> str:
     """The local file name `models pull` gives a version's artifact or one of its exports."""
+    check_name(name)
     return f"{name}-v{version}{EXPORT_SUFFIXES.get(export, '.keras')}"
 
 
@@ -108,8 +118,22 @@ class ModelVersion:
 
 
 def check_name(name: str) -> None:
-    if not MODEL_NAME_RE.match(name):
-        raise RegistryError(f"model name {name!r} is not key-safe (lowercase letters, digits, . _ -)")
+    if not isinstance(name, str) or not MODEL_NAME_RE.match(name):
+        raise RegistryError(f"model name {name!r} is not valid: use 1-63 lowercase letters, digits, '.', "
+                            "'_' or '-', starting with a letter or digit (no '/' or '..')")
+
+
+def parse_reference(reference: str) -> tuple[str, int | None, str | None]:
+    """'name', 'name:3' or 'name@production' -> (name, version or None, alias or None), the name
+    and alias checked."""
+    match = REF_RE.match(reference)
+    if not match:
+        raise RegistryError(f"{reference!r} is not NAME, NAME:VERSION or NAME@ALIAS "
+                            "(e.g. flowers@production)")
+    check_name(match["name"])
+    if match["alias"]:
+        check_alias(match["alias"])
+    return match["name"], int(match["version"]) if match["version"] else None, match["alias"]
 
 
 def check_alias(alias: str) -> None:

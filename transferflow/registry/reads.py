@@ -15,11 +15,11 @@ from transferflow.registry.layout import (
     EXPORT_SUFFIXES,
     KERAS,
     MODELS,
-    REF_RE,
     ModelVersion,
     alias_key,
     alias_of_key,
     aliases_prefix,
+    parse_reference,
     pulled_name,
     version_of_key,
     versions_prefix,
@@ -90,16 +90,12 @@ class Reads:
 
     def resolve(self, reference: str) -> tuple[str, int]:
         """'name', 'name:3' or 'name@production' -> (name, version)."""
-        match = REF_RE.match(reference)
-        if not match:
-            raise RegistryError(f"{reference!r} is not NAME, NAME:VERSION or NAME@ALIAS")
-        name = match["name"]
-        if match["version"]:
-            version = int(match["version"])
+        name, version, alias = parse_reference(reference)
+        if version is not None:
             if self.metadata(name, version) is None:
                 raise RegistryError(f"{name}:{version} does not exist; see `transferflow models list`")
             return name, version
-        alias = match["alias"] or "latest"
+        alias = alias or "latest"
         found = self.alias_document(name, alias)
         if found is None:
             raise RegistryError(f"{name}@{alias} does not exist; see `transferflow models list`")

@@ -86,21 +86,19 @@ def strategy_scope(plan: ComputePlan, strategy) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
+KERAS_PATCHED = (">=3.15", "<3.16")  # the Keras releases whose private trainer the patch was checked on
+
+
 def patch_keras() -> None:
     """Make Keras 3's TensorFlow trainer run under MultiWorkerMirroredStrategy (see the module's
-    docstring). Idempotent; only called in Ray Train workers."""
-    import keras
+    docstring). Idempotent; only called in Ray Train workers. Refused, naming the fix, outside the
+    Keras releases it was checked on or when the private functions it replaces no longer look as
+    it expects."""
     from keras.src.backend.tensorflow import trainer
 
     if getattr(trainer, "_transferflow_multi_worker", False):
         return
-    if not (hasattr(trainer, "reduce_per_replica") and hasattr(trainer, "_collective_all_reduce_multi_worker")
-            and hasattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build")):
-        from transferflow.errors import ConfigError
-
-        raise ConfigError(f"engine ray: keras {keras.__version__} has changed the TensorFlow trainer that "
-                          "transferflow adapts to MultiWorkerMirroredStrategy (tested with keras 3.15): "
-                          "install keras 3.15 on the Ray workers, or train with engine local")
+    check_patchable(trainer)
     original = trainer.reduce_per_replica
 
     def reduce_per_replica(values, strategy, reduction):
@@ -113,6 +111,37 @@ def patch_keras() -> None:
     trainer.reduce_per_replica = reduce_per_replica
     trainer.TensorFlowTrainer._maybe_symbolic_build = _symbolic_build_on_local_batch
     trainer._transferflow_multi_worker = True
+
+
+def check_patchable(trainer) -> None:
+    """The Keras version is in KERAS_PATCHED, and the replaced functions have the parameters the
+    patch calls them with (a probe of the behaviour it relies on, not only of the names)."""
+    import inspect
+
+    import keras
+    from packaging.specifiers import SpecifierSet
+
+    from transferflow.errors import ConfigError
+
+    wanted = SpecifierSet(",".join(KERAS_PATCHED))
+    problem = None
+    if keras.__version__ not in wanted:
+        problem = f"it was checked on keras {wanted} only"
+    else:
+        probes = [(trainer, "reduce_per_replica", ["values", "strategy", "reduction"]),
+                  (trainer, "_collective_all_reduce_multi_worker", ["strategy"]),
+                  (getattr(trainer, "TensorFlowTrainer", None), "_maybe_symbolic_build",
+                   ["self", "iterator", "data_batch"])]
+        for owner, name, parameters in probes:
+            function = getattr(owner, name, None)
+            if function is None or list(inspect.signature(function).parameters) != parameters:
+                problem = f"its private {name}({', '.join(parameters)}) has changed"
+                break
+    if problem:
+        raise ConfigError(f"engine ray: keras {keras.__version__}'s TensorFlow trainer cannot be adapted to "
+                          f"MultiWorkerMirroredStrategy ({problem}; keras-team/keras#20585): install keras "
+                          f"{wanted} on the Ray workers (pip install 'keras{wanted}'), or train with "
+                          "engine local")
 
 
 def _symbolic_build_on_local_batch(self, iterator=None, data_batch=None):

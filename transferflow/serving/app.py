@@ -1,7 +1,8 @@
 """The HTTP API: TF Serving's REST endpoints, :classify for encoded images, probes and metrics.
 
-Every refusal is {"error": message} (TF Serving's form) with a 4xx status; 503 only while no
-model is loaded yet; 500 only for a fault of the server itself.
+Every refusal is {"error": message} (TF Serving's form) with a 4xx status (429 with Retry-After
+when the server is full); 503 while no model is loaded yet or the batcher stopped; 500 for a
+fault of the server or the model itself.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from starlette.responses import JSONResponse, Response
 
 from transferflow.errors import RequestError
 from transferflow.serving.batcher import MicroBatcher
+from transferflow.serving.health import ServingHealth
 from transferflow.serving.inputs import RAW_BODY, Upload, decode_upload, pixels_from_json, top_labels
 from transferflow.serving.metrics import ServeMetrics
-from transferflow.serving.middleware import BearerAuth, BodyLimit, Observe, endpoint_of
+from transferflow.serving.middleware import Admission, BearerAuth, BodyLimit, Observe, endpoint_of
 from transferflow.serving.versions import ModelSlot, ServedVersion
 
 log = logging.getLogger(__name__)
@@ -43,25 +45,33 @@ class ServeSettings:
     poll_seconds: float = 10.0
     max_body_mb: float = 32.0
     max_megapixels: float = 40.0
+    max_queue: int = 256  # images waiting for the model; more: 429
+    max_inflight: int = 64  # model requests being read, decoded or answered at once; more: 429
+    stale_after_s: float = 300.0  # behind the alias this long (a version that fails to load): unready
     token: str | None = field(default=None, repr=False)
 
 
 @dataclass
 class ServerState:
-    """What the endpoints share: the model name, its slot, the batcher, metrics, the decode threads."""
+    """What the endpoints share: the model name, its slot and health, the batcher, metrics, the
+    decode threads."""
 
     name: str
     settings: ServeSettings
     slot: ModelSlot = field(default_factory=ModelSlot)
     metrics: ServeMetrics = field(default_factory=ServeMetrics)
     batcher: MicroBatcher | None = None
+    health: ServingHealth | None = None
     decoders: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode"))
 
     def __post_init__(self):
         if self.batcher is None:
             self.batcher = MicroBatcher(self.settings.max_batch, self.settings.max_wait_ms / 1000,
-                                        on_batch=self.metrics.batch_size.observe)
+                                        on_batch=self.metrics.batch_size.observe,
+                                        max_queue=self.settings.max_queue)
+        if self.health is None:
+            self.health = ServingHealth(self.settings.stale_after_s)
 
     def serving(self, name: str) -> ServedVersion:
         """The version to answer a request for `name` with, taken once for the whole request."""
@@ -90,6 +100,7 @@ def create_app(state: ServerState, lifespan=None) -> FastAPI:
     add_error_handlers(app, state.metrics)
     settings = state.settings
     app.add_middleware(BodyLimit, max_bytes=int(settings.max_body_mb * 2**20), metrics=state.metrics)
+    app.add_middleware(Admission, limit=settings.max_inflight, metrics=state.metrics)
     app.add_middleware(BearerAuth, token=settings.token, metrics=state.metrics)
     app.add_middleware(Observe, metrics=state.metrics, routes=app.routes)  # added last: outermost
     return app
@@ -103,11 +114,10 @@ def add_probe_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/readyz")
     async def readyz():
-        """Readiness: a verified, warmed-up version is loaded."""
-        served = state.slot.current
-        if served is None:
-            return JSONResponse({"status": "loading", "model": state.name}, status_code=503)
-        return {"status": "ready", "model": served.name, "version": served.version}
+        """Readiness: a verified, warmed-up version answers, the batcher runs, and the server is
+        not stuck behind its alias beyond the grace period (see serving/health.py)."""
+        status, body = state.health.readiness(state.name, state.slot.current, state.batcher.running)
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     async def metrics():
@@ -118,10 +128,11 @@ def add_probe_routes(app: FastAPI, state: ServerState) -> None:
 def add_model_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/models/{name}")
     async def model_status(name: str):
-        """TF Serving's model status: the version answering (AVAILABLE) and one loading, if any."""
+        """TF Serving's model status: the version answering (AVAILABLE), and one loading (LOADING)
+        or one that failed to load (END, with its error), if any."""
         if name != state.name:
             state.serving(name)  # the 404, naming the model that is served
-        return {"model_version_status": version_status(state.slot)}
+        return {"model_version_status": state.health.version_states(state.slot)}
 
     @app.post("/v1/models/{name}:predict")
     async def predict(name: str, request: Request):
@@ -151,18 +162,6 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
                             headers={VERSION_HEADER: str(served.version)})
 
 
-def version_status(slot: ModelSlot) -> list[dict]:
-    """TF Serving's model_version_status entries: the version loading during a swap, if any, and
-    the one answering."""
-    ok = {"error_code": "OK", "error_message": ""}
-    statuses = []
-    if slot.loading is not None:
-        statuses.append({"version": str(slot.loading), "state": "LOADING", "status": ok})
-    if slot.current is not None:
-        statuses.append({"version": str(slot.current.version), "state": "AVAILABLE", "status": ok})
-    return statuses
-
-
 async def read_uploads(request: Request) -> list[Upload]:
     """The images of a :classify request: the whole body (image/* or octet-stream), or every
     file of a multipart/form-data body, in order."""
@@ -188,13 +187,13 @@ def decode_all(uploads: list[Upload], image_size: int, max_pixels: int) -> np.nd
 
 
 def add_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:
-    def answer(request: Request, status: int, kind: str, message: str) -> JSONResponse:
+    def answer(request: Request, status: int, kind: str, message: str, headers=None) -> JSONResponse:
         metrics.errors.labels(endpoint_of(request.scope), kind).inc()
-        return JSONResponse({"error": message}, status_code=status)
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError):
-        return answer(request, exc.status, exc.kind, str(exc))
+        return answer(request, exc.status, exc.kind, str(exc), exc.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):

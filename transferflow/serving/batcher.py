@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transferflow.errors import RequestError
 from transferflow.serving.versions import ServedVersion
 
 log = logging.getLogger(__name__)
@@ -29,22 +30,51 @@ class Job:
     future: asyncio.Future
 
 
+RETRY_AFTER_S = 1  # what a refused client is told to wait: about one batch of model calls
+
+
+def overloaded(message: str) -> RequestError:
+    """429 with Retry-After, as TF Serving answers when its batching queue is full."""
+    return RequestError(f"{message}; retry after {RETRY_AFTER_S} s", status=429, kind="overloaded",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 class MicroBatcher:
     """Gathers up to max_batch images, waiting at most max_wait_s for more, and only while another
     request is still on its way (being read or decoded): a lone request never waits.
-    max_batch 1 turns batching off."""
+    max_batch 1 turns batching off. At most max_queue images wait for the model: a request that
+    would exceed it is refused (429) rather than queued behind an ever longer wait."""
 
-    def __init__(self, max_batch: int, max_wait_s: float, on_batch: Callable[[int], None] = lambda n: None):
+    def __init__(self, max_batch: int, max_wait_s: float, on_batch: Callable[[int], None] = lambda n: None,
+                 max_queue: int | None = None):
         self.max_batch, self.max_wait_s, self.on_batch = max_batch, max_wait_s, on_batch
+        self.max_queue = max_queue if max_queue is not None else 64 * max_batch
+        self.queued = 0  # images queued (or carried) and not yet in a model call; event loop only
         self.arriving = 0  # requests admitted but not yet queued; changed on the event loop only
         self._queue: asyncio.Queue[Job] | None = None
         self._carry: Job | None = None  # taken from the queue but did not fit the last batch
+        self._batch: list[Job] = []  # the jobs of the batch being answered
         self._task: asyncio.Task | None = None
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="model")
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._serve_forever(), name="micro-batcher")
+        self._task.add_done_callback(self._stopped)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _stopped(self, task: asyncio.Task) -> None:
+        """The batcher's task ended: say why, and fail what waits, so no request hangs on it."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the micro-batcher stopped: %r; requests are refused until a restart", task.exception())
+        error = RequestError("the server's micro-batcher stopped; retry on another replica", status=503,
+                             kind="batcher_stopped")
+        for job in [*self._batch, *([self._carry] if self._carry else []), *_drain(self._queue)]:
+            _settle(job.future, exception=error)
+        self._batch, self._carry, self.queued = [], None, 0
 
     async def stop(self) -> None:
         if self._task:
@@ -64,15 +94,28 @@ class MicroBatcher:
 
     async def predict(self, served: ServedVersion, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for these images, computed by `served` in a batch with other requests."""
+        if not self.running:
+            raise RequestError("the server's micro-batcher stopped; retry on another replica", status=503,
+                               kind="batcher_stopped")
+        if len(pixels) > self.max_queue:
+            raise RequestError(f"{len(pixels)} images in one request, more than this server queues "
+                               f"(--max-queue {self.max_queue}); send fewer per request", status=413,
+                               kind="too_many_images")
+        if self.queued + len(pixels) > self.max_queue:
+            raise overloaded(f"the server is busy: {self.queued} images already wait for the model "
+                             f"(--max-queue {self.max_queue})")
         future = asyncio.get_running_loop().create_future()
-        await self._queue.put(Job(served, pixels, future))
+        self.queued += len(pixels)
+        self._queue.put_nowait(Job(served, pixels, future))
         return await future
 
     async def _serve_forever(self) -> None:
         while True:
-            jobs = await self._collect()
-            for group in _by_version(jobs):
+            self._batch = await self._collect()
+            self.queued -= sum(len(job.pixels) for job in self._batch)
+            for group in _by_version(self._batch):
                 await self._run(group)
+            self._batch = []
 
     async def _collect(self) -> list[Job]:
         """The next batch: whatever is queued, up to max_batch images, plus what arrives within
@@ -128,6 +171,13 @@ def _by_version(jobs: list[Job]) -> list[list[Job]]:
     for job in jobs:
         groups.setdefault(id(job.served), []).append(job)
     return list(groups.values())
+
+
+def _drain(queue: asyncio.Queue | None) -> list[Job]:
+    jobs = []
+    while queue is not None and not queue.empty():
+        jobs.append(queue.get_nowait())
+    return jobs
 
 
 def _settle(future: asyncio.Future, result=None, exception: BaseException | None = None) -> None:

@@ -37,6 +37,9 @@ class ServeMetrics:
                              ["model"], registry=self.registry)
         self.swaps = Counter(f"{PREFIX}_swaps", "versions swapped in after the followed alias moved",
                              ["model"], registry=self.registry)
+        self.swap_failures = Counter("transferflow_swap_failures", "attempts to load the version the "
+                                     "followed alias points at that failed (each retry counts)",
+                                     ["model", "version"], registry=self.registry)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()

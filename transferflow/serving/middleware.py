@@ -1,5 +1,6 @@
 """The layers every request passes before its endpoint, outermost first: metrics (Observe), the
-bearer token (BearerAuth), the body size limit (BodyLimit). Plain ASGI, so they cost a few
+bearer token (BearerAuth), admission (Admission: at most so many model requests at once), the
+body size limit (BodyLimit). Plain ASGI, so they cost a few
 attribute reads per request and never buffer a body."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 
 from transferflow.errors import RequestError
+from transferflow.serving.batcher import overloaded
 from transferflow.serving.metrics import ServeMetrics
 
 ENDPOINT = "transferflow.endpoint"  # the scope key Observe puts the endpoint's label under
@@ -24,7 +26,7 @@ def endpoint_of(scope) -> str:
 async def refuse(error: RequestError, metrics: ServeMetrics, scope, receive, send, headers=None) -> None:
     """Answer with the error as TF Serving does ({"error": message}) and count it."""
     metrics.errors.labels(endpoint_of(scope), error.kind).inc()
-    response = JSONResponse({"error": str(error)}, status_code=error.status, headers=headers)
+    response = JSONResponse({"error": str(error)}, status_code=error.status, headers=headers or error.headers)
     await response(scope, receive, send)
 
 
@@ -114,3 +116,27 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class Admission:
+    """At most `limit` requests to the model endpoints (:predict, :classify) at once, from the
+    first byte read to the answer; one more is refused at once (429, Retry-After) before its body
+    is read, so a burst costs neither memory nor an ever longer wait. Probes, metrics and the
+    model status are never refused."""
+
+    def __init__(self, app, limit: int, metrics: ServeMetrics):
+        self.app, self.limit, self.metrics = app, limit, metrics
+        self.inflight = 0  # changed on the event loop only
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not scope["path"].endswith((":predict", ":classify")):
+            return await self.app(scope, receive, send)
+        if self.inflight >= self.limit:
+            error = overloaded(f"the server is busy: {self.inflight} requests in progress "
+                               f"(--max-inflight {self.limit})")
+            return await refuse(error, self.metrics, scope, receive, send)
+        self.inflight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.inflight -= 1

@@ -2,7 +2,8 @@
 
 The server listens at once: /healthz answers while the first version downloads, /readyz only
 once it is verified and warmed up. A first version that cannot be loaded stops the server with
-the reason; a later one that cannot be loaded leaves the current one answering.
+the reason; a later one that cannot be loaded leaves the current one answering, is retried with
+backoff, and shows in the model status, /metrics and (after --stale-after-s) /readyz.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def serve(reference_text: str, settings: ServeSettings) -> None:
         server.should_exit = True
 
     follower = AliasFollower(reference, state.slot, settings.poll_seconds, on_fatal=stop_on,
-                             on_swap=lambda old, new: swapped(state, reference, old, new))
+                             on_swap=lambda old, new: swapped(state, reference, old, new),
+                             health=state.health,
+                             on_failure=lambda version, exc: state.metrics.swap_failures.labels(
+                                 reference.name, str(version)).inc())
     app = create_app(state, lifespan=lifespan(state, follower, reference))
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
