@@ -17,7 +17,7 @@ def monitor_run_name() -> str:
 
 @flow(name="monitor", flow_run_name=monitor_run_name,
       description="Compare served models' monitoring windows with their references; emit drift events.")
-def monitor(model: str | None = None, since_hours: float = 168.0, alpha: float = DEFAULT_ALPHA,
+def monitor(model: str | None = None, since_hours: float = 48.0, alpha: float = DEFAULT_ALPHA,
             min_images: int = MIN_IMAGES) -> dict:
     """`model`: NAME (every served version), NAME:VERSION or NAME@ALIAS; unset: every model with
     windows. Windows whose period started more than since_hours ago are not looked at."""

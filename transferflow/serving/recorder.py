@@ -79,7 +79,7 @@ class Recorder:
         self.open: dict[int, OpenWindow] = {}
         self.parts: dict[tuple[int, float], int] = {}
         self.last_version: int | None = None
-        self.dropped = 0
+        self.dropped, self._dropped_lock = 0, threading.Lock()  # counted on the request path
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="monitoring-recorder", daemon=True)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="monitoring-writer")
@@ -106,7 +106,8 @@ class Recorder:
         try:
             self.queue.put_nowait(Item(version, classes, probabilities, features, inputs, time.time()))
         except queue.Full:
-            self.dropped += len(probabilities)
+            with self._dropped_lock:
+                self.dropped += len(probabilities)
             self.dropped_metric.inc(len(probabilities))
 
     def _run(self) -> None:
@@ -143,7 +144,8 @@ class Recorder:
             self.parts[(item.version, period)] = part + 1
             sketch = Sketch(item.classes, projection(item.features.shape[1]), seed=part)
             sketch.errors, self._pending_errors = int(self._pending_errors), 0.0
-            sketch.dropped, self.dropped = self.dropped, 0
+            with self._dropped_lock:
+                sketch.dropped, self.dropped = self.dropped, 0
             window = self.open[item.version] = OpenWindow(item.version, sketch, period, part, item.at)
         return window
 

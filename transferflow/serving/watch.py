@@ -5,6 +5,7 @@ probabilities the endpoint answers with."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,8 @@ from transferflow.data.decode import image_shape
 from transferflow.monitoring.features import split
 from transferflow.serving.capture import FeedbackCapture
 from transferflow.serving.recorder import Recorder
+
+log = logging.getLogger(__name__)
 
 MAGIC = ((b"\xff\xd8", "jpeg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
 
@@ -43,11 +46,14 @@ class Watch:
         if not served.feature_dim:
             return outputs
         probabilities, features = split(outputs, len(served.classes))
-        if self.recorder is not None:
-            self.recorder.record(served.version, served.classes, probabilities, features,
-                                 describe_inputs(received, served.image_size))
-        if self.capture is not None:
-            self.capture.offer(served, probabilities, as_received(received), endpoint)
+        try:
+            if self.recorder is not None:
+                self.recorder.record(served.version, served.classes, probabilities, features,
+                                     describe_inputs(received, served.image_size))
+            if self.capture is not None:
+                self.capture.offer(served, probabilities, as_received(received), endpoint)
+        except Exception:  # watching must never fail the request it watches
+            log.exception("monitoring: an answer of %s could not be recorded", served.label)
         return probabilities
 
 
