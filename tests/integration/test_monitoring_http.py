@@ -74,13 +74,18 @@ def server(monitored, tmp_path_factory):
     with open(log, "wb") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, log)
+    try:  # not waited for here: it starts up while the Prefect test server does (see `ready`)
         yield url, process, log
     finally:
         if process.poll() is None:
             process.terminate()
             process.wait(timeout=60)
+
+
+def ready(server) -> str:
+    url, process, log = server
+    wait_ready(url, process, log)
+    return url
 
 
 def traffic(inverted: bool) -> list[bytes]:
@@ -150,7 +155,7 @@ def test_windows_are_written_and_the_flow_raises_drift_only_on_shifted_traffic(m
     from transferflow_flows.monitor import monitor
 
     bucket, _, _ = monitored
-    url, _, _ = server
+    url = ready(server)
     started = time.time()
     send(url, traffic(inverted=False))
     [first] = windows_written(bucket, 1)
@@ -184,7 +189,7 @@ def test_low_confidence_inputs_are_captured_with_sidecars_and_feed_a_retrain(mon
     from transferflow.monitoring.layout import labeled_prefix, unlabeled_prefix
 
     bucket, root, dataset = monitored
-    url, _, _ = server
+    url = ready(server)
     time.sleep(2)  # captures of the first test's traffic are uploaded by now; the rest are this test's
     before = {e["Key"] for e in storage.list_keys(bucket, unlabeled_prefix(NAME))}
     bodies = traffic(inverted=False)[:12]
@@ -229,7 +234,7 @@ def test_low_confidence_inputs_are_captured_with_sidecars_and_feed_a_retrain(mon
 
 def test_sigterm_writes_the_open_window(monitored, server):
     bucket, _, _ = monitored
-    url, process, log = server
+    url, process, log = ready(server), server[1], server[2]
     written = len(windows_written(bucket, 0, timeout=0))
     send(url, traffic(inverted=False)[:5])
     process.terminate()  # SIGTERM: uvicorn's graceful shutdown runs the lifespan's stop

@@ -143,3 +143,22 @@ def test_an_older_version_gets_its_reference_once_and_it_is_verified(bucket, pre
     storage.put_bytes(bucket, key, b'{"tampered": true}', "application/json")
     with pytest.raises(RegistryError, match="altered after registration"):
         load_reference("shapes", version)
+
+
+def test_feedback_list_counts_and_purge_deletes_what_it_said(bucket, capsys):
+    from transferflow.cli.main import main
+
+    for key in ("unlabeled/2026-11-30/a.jpg", "unlabeled/2026-11-30/a.json", "unlabeled/2026-12-02/b.png",
+                "unlabeled/2026-12-02/b.json", "labeled/class_1/a.jpg"):
+        storage.put_bytes(bucket, f"feedback/shapes/{key}", b"x", "application/octet-stream")
+    assert main(["feedback", "list", "shapes"]) == 0
+    listed = capsys.readouterr().out
+    assert "unlabeled  2026-11-30    1" in listed and "labeled    class_1       1" in listed
+    assert main(["feedback", "purge", "shapes", "--before", "2026-12-01"]) == 0
+    assert "would delete 2 objects" in capsys.readouterr().out
+    assert len(list(storage.list_keys(bucket, "feedback/"))) == 5  # nothing without --yes
+    assert main(["feedback", "purge", "shapes", "--before", "2026-12-01", "--yes"]) == 0
+    left = sorted(e["Key"].removeprefix("feedback/shapes/") for e in storage.list_keys(bucket, "feedback/"))
+    assert left == ["labeled/class_1/a.jpg", "unlabeled/2026-12-02/b.json", "unlabeled/2026-12-02/b.png"]
+    assert main(["feedback", "purge", "shapes", "--labeled", "--yes"]) == 0
+    assert list(storage.list_keys(bucket, "feedback/")) == []
