@@ -36,6 +36,7 @@ from transferflow.monitoring.windows import window_document
 log = logging.getLogger(__name__)
 
 QUEUE_ITEMS = 4096  # requests waiting to be folded in; at ~2 KB of features per image, a few MB
+FOLD_BATCH = 256  # queued answers folded in one pass
 TICK_S = 0.5  # how often the recording thread looks at the clock when no request comes
 WRITE_ATTEMPTS = 3
 REPLICA_VARIABLE = "TRANSFERFLOW_REPLICA_ID"
@@ -113,24 +114,41 @@ class Recorder:
     def _run(self) -> None:
         while not (self._stopping.is_set() and self.queue.empty()):
             try:
-                item = self.queue.get(timeout=TICK_S)
+                items = [self.queue.get(timeout=TICK_S)]
             except queue.Empty:
-                item = None
+                items = []
+            while items and len(items) < FOLD_BATCH:  # what else is queued: folded together
+                try:
+                    items.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                if item is not None:
-                    self._fold(item)
+                self._fold(items)
                 self._tick(time.time())
             except Exception:  # a bug here must not stop recording for the life of the server
                 log.exception("monitoring: a recorded answer could not be folded in")
         for window in list(self.open.values()):
             self._close(window, time.time(), "shutdown")
 
-    def _fold(self, item: Item) -> None:
-        window = self._window_for(item)
-        window.sketch.add(item.probabilities, item.features, item.inputs)
-        self.last_version = item.version
-        if window.sketch.requests >= self.window_requests:
-            self._close(window, item.at, "requests")
+    def _fold(self, items: list[Item]) -> None:
+        """Queued answers into their windows: runs of one version and window in one NumPy pass
+        each (per-request Python work would compete with the server's event loop for the GIL)."""
+        start = 0
+        while start < len(items):
+            window = self._window_for(items[start])
+            room = self.window_requests - window.sketch.requests
+            run = [items[start]]
+            for item in items[start + 1:start + room]:
+                if item.version != run[0].version or self._period_of(item.at) != window.period_start:
+                    break
+                run.append(item)
+            requests = window.sketch.requests + len(run)
+            window.sketch.add(np.concatenate([i.probabilities for i in run]),
+                              np.concatenate([i.features for i in run]), [x for i in run for x in i.inputs])
+            window.sketch.requests = requests  # add() counted one request for the whole run
+            self.last_version, start = run[-1].version, start + len(run)
+            if requests >= self.window_requests:
+                self._close(window, run[-1].at, "requests")
 
     def _window_for(self, item: Item) -> OpenWindow:
         period = self._period_of(item.at)
