@@ -83,22 +83,27 @@ class Reservoir:
     def __len__(self) -> int:
         return min(self.seen, self.capacity)
 
-    def add(self, confidence: np.ndarray, predicted: np.ndarray, features: np.ndarray) -> None:
+    def add(self, confidence: np.ndarray, predicted: np.ndarray, features: np.ndarray,
+            transform=None) -> None:
+        """Rows in order; `transform` (e.g. the projection) is applied only to the rows kept, so
+        that once the reservoir is full almost nothing is projected."""
         n = len(confidence)
         fill = max(0, min(n, self.capacity - self.seen))
-        if fill:
-            self._put(np.arange(self.seen, self.seen + fill), slice(0, fill), confidence, predicted, features)
+        rows = np.arange(fill)
+        slots = np.arange(self.seen, self.seen + fill)
         if fill < n:  # the k-th row overall (0-based) replaces a random slot with p = capacity / (k + 1)
             ordinal = self.seen + np.arange(fill, n)
-            slots = (self.rng.random(n - fill) * (ordinal + 1)).astype(np.int64)
-            for i in np.flatnonzero(slots < self.capacity):  # in order: a later row overwrites an earlier
-                self._put(slots[i:i + 1], slice(fill + i, fill + i + 1), confidence, predicted, features)
+            drawn = (self.rng.random(n - fill) * (ordinal + 1)).astype(np.int64)
+            kept = np.flatnonzero(drawn < self.capacity)
+            rows, slots = np.concatenate([rows, fill + kept]), np.concatenate([slots, drawn[kept]])
+        if len(rows):
+            # a later row taking a slot overwrites an earlier one: keep each slot's last row
+            last = len(slots) - 1 - np.unique(slots[::-1], return_index=True)[1]
+            rows, slots = rows[last], slots[last]
+            chosen = features[rows] if transform is None else transform(features[rows])
+            self.confidence[slots], self.predicted[slots] = confidence[rows], predicted[rows]
+            self.features[slots] = chosen
         self.seen += n
-
-    def _put(self, slots, rows, confidence, predicted, features) -> None:
-        self.confidence[slots] = confidence[rows]
-        self.predicted[slots] = predicted[rows]
-        self.features[slots] = features[rows]
 
     def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(confidence, predicted, features) of the rows held."""
@@ -146,7 +151,7 @@ class Sketch:
         for kind, side in inputs:
             self.formats[kind] += 1
             self.sizes[size_bucket(side)] += 1
-        self.reservoir.add(confidence, predicted, self.projection.apply(features))
+        self.reservoir.add(confidence, predicted, features, self.projection.apply)
 
 
 def size_bucket(side: int) -> str:
