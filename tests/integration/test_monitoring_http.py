@@ -151,7 +151,7 @@ def wait_for_events(since: float, count: int, timeout: float = 30) -> list[dict]
 
 
 def test_windows_are_written_and_the_flow_raises_drift_only_on_shifted_traffic(monitored, server,
-                                                                              prefect_server):
+                                                                              prefect_server, capsys):
     from transferflow_flows.monitor import monitor
 
     bucket, _, _ = monitored
@@ -181,6 +181,12 @@ def test_windows_are_written_and_the_flow_raises_drift_only_on_shifted_traffic(m
     windows = json.loads(shown.stdout)["windows"]
     assert [w["drift"] for w in windows] == [False, True]
     assert {t["name"] for t in windows[1]["verdict"]["tests"]} == {"class_mix", "confidence", "features"}
+
+    from transferflow.cli.main import main
+
+    assert main(["monitor", f"{NAME}@production", "--since", "all"]) == 0  # the table users read
+    table = capsys.readouterr().out
+    assert "2 windows" in table and table.count("DRIFT") == 1 and "class_mix" in table
 
 
 def test_low_confidence_inputs_are_captured_with_sidecars_and_feed_a_retrain(monitored, server):

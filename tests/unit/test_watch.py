@@ -52,3 +52,21 @@ def test_a_failing_recorder_does_not_fail_the_request():
 def test_formats_are_told_by_their_first_bytes():
     assert [sniff(data) for data in (b"\xff\xd8\xff", png(1, 1), b"GIF89a", b"BM..", b"hello")] == [
         "jpeg", "png", "gif", "bmp", "other"]
+
+
+def test_capture_keeps_low_confidence_inputs_and_a_sampled_share():
+    from prometheus_client import CollectorRegistry
+
+    from transferflow.serving.capture import FeedbackCapture
+
+    probabilities = np.array([[0.9, 0.1], [0.55, 0.45], [0.7, 0.3]], np.float32)
+    received = [(b"\xff\xd8a", "jpeg"), (b"\xff\xd8b", "jpeg"), (b"\xff\xd8c", "jpeg")]
+    below = FeedbackCapture("m", 0.0, 0.6, "r", CollectorRegistry(), bucket="unused", seed=0)
+    below.offer(SERVED, probabilities, received, "classify")
+    [kept] = [below.queue.get_nowait() for _ in range(below.queue.qsize())]
+    assert kept.data == b"\xff\xd8b" and kept.sidecar["reason"] == "low_confidence"
+    assert (kept.sidecar["prediction"], kept.sidecar["version"]) == ("a", 3)
+    assert kept.sidecar["confidence"] == np.float32(0.55)
+    everything = FeedbackCapture("m", 1.0, 0.0, "r", CollectorRegistry(), bucket="unused", seed=0)
+    everything.offer(SERVED, probabilities, received, "classify")
+    assert [everything.queue.get_nowait().sidecar["reason"] for _ in range(3)] == ["sampled"] * 3
