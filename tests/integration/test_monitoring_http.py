@@ -151,7 +151,7 @@ def wait_for_events(since: float, count: int, timeout: float = 30) -> list[dict]
 
 
 def test_windows_are_written_and_the_flow_raises_drift_only_on_shifted_traffic(monitored, server,
-                                                                              prefect_server, capsys):
+                                                                              prefect_server):
     from transferflow_flows.monitor import monitor
 
     bucket, _, _ = monitored
@@ -182,10 +182,9 @@ def test_windows_are_written_and_the_flow_raises_drift_only_on_shifted_traffic(m
     assert [w["drift"] for w in windows] == [False, True]
     assert {t["name"] for t in windows[1]["verdict"]["tests"]} == {"class_mix", "confidence", "features"}
 
-    from transferflow.cli.main import main
-
-    assert main(["monitor", f"{NAME}@production", "--since", "all"]) == 0  # the table users read
-    table = capsys.readouterr().out
+    shown = run_cli("monitor", f"{NAME}@production", "--since", "all")  # the table users read
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    table = shown.stdout
     assert "2 windows" in table and table.count("DRIFT") == 1 and "class_mix" in table
 
 

@@ -145,9 +145,23 @@ def test_an_older_version_gets_its_reference_once_and_it_is_verified(bucket, pre
         load_reference("shapes", version)
 
 
-def test_feedback_list_counts_and_purge_deletes_what_it_said(bucket, capsys):
-    from transferflow.cli.main import main
+def main(argv: list[str]) -> int:
+    """`transferflow ARGV` in this process, leaving the logging handlers as they were (the CLI adds
+    one on the stream that capsys closes after the test)."""
+    import logging
 
+    from transferflow.cli.main import main as cli
+
+    logger = logging.getLogger("transferflow")
+    handlers, level = list(logger.handlers), logger.level
+    try:
+        return cli(argv)
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+
+
+def test_feedback_list_counts_and_purge_deletes_what_it_said(bucket, capsys):
     for key in ("unlabeled/2026-11-30/a.jpg", "unlabeled/2026-11-30/a.json", "unlabeled/2026-12-02/b.png",
                 "unlabeled/2026-12-02/b.json", "labeled/class_1/a.jpg"):
         storage.put_bytes(bucket, f"feedback/shapes/{key}", b"x", "application/octet-stream")
