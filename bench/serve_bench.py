@@ -5,18 +5,19 @@ Setup: a local SeaweedFS (its own temp dir and ports), two versions of a real VG
 (transferflow.model.build_classifier: preprocessing, frozen VGG16, head; random weights, as a
 trained model has the same cost) registered as `bench`, version 1 in production.
 
-For --max-batch 32 (batching on) and --max-batch 1 (off, the baseline), one `transferflow serve`
-process each; at concurrency 1, 8 and 32, --rounds times, clients (threads, one keep-alive
-connection each) send --requests :classify requests (a PNG of the model's size, decoded by the
-server as in training). The table shows requests/s, p50 and p99 latency, images per model call
-and errors. Both servers run side by side and the rounds alternate between them, so load from
-elsewhere on the machine weighs on both alike. The ratio is batching's throughput over the
-baseline's at concurrency 32, measured in the same run.
+For --max-batch 32 (batching on), the same with --no-monitor (no monitoring windows recorded) and
+--max-batch 1 (off, the baseline), one `transferflow serve` process each; at concurrency 1, 8 and
+32, --rounds times, clients (threads, one keep-alive connection each) send --requests :classify
+requests (a PNG of the model's size, decoded by the server as in training). The table shows
+requests/s, p50 and p99 latency, images per model call and errors. The servers run side by side
+and the rounds alternate between them, so load from elsewhere on the machine weighs on all alike.
+The ratios, at concurrency 32 and measured in the same run: batching's throughput over the
+baseline's, and recording's cost (the default server against --no-monitor).
 
 Then, batching on, 32 clients in a loop while the alias is moved 5 times (promote v2, promote v1,
 ...), each move waited for until answers come from the new version: errors must be 0.
 
-Goal: 0 errors; batching >= 3x the baseline's throughput at concurrency 32.
+Goals: 0 errors; batching >= 3x the baseline's throughput at concurrency 32; recording costs <= 5%.
 
     .venv/bin/python bench/serve_bench.py [--size 32] [--requests 320] [--rounds 3] [--swaps 5]
 """
@@ -40,8 +41,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 NAME, CLASSES = "bench", [f"class_{i}" for i in range(10)]
 CONCURRENCY = (1, 8, 32)
-MODES = {"on (--max-batch 32)": 32, "off (--max-batch 1)": 1}
-GOAL_RATIO = 3.0
+MODES = {"on (--max-batch 32)": ["--max-batch", "32"],  # recording windows, as by default
+         "on, --no-monitor": ["--max-batch", "32", "--no-monitor"],
+         "off (--max-batch 1)": ["--max-batch", "1"]}
+BATCHING, UNRECORDED, BASELINE = MODES
+GOAL_RATIO, GOAL_RECORDING_COST = 3.0, 0.05
 
 
 def register_versions(size: int) -> None:
@@ -68,13 +72,13 @@ def register_versions(size: int) -> None:
 class Server:
     """`transferflow serve bench@production` in a child process, ready when constructed."""
 
-    def __init__(self, work: Path, max_batch: int):
+    def __init__(self, work: Path, flags: list[str]):
         from transferflow.devstack.s3server import free_ports
 
         self.port = free_ports(1)[0]
-        self.log = work / f"serve-batch{max_batch}.log"
+        self.log = work / f"serve{'-'.join(flags)}.log"
         command = [sys.executable, "-m", "transferflow.cli", "serve", f"{NAME}@production", "--port",
-                   str(self.port), "--max-batch", str(max_batch), "--poll-seconds", "1"]
+                   str(self.port), *flags, "--poll-seconds", "1"]
         with open(self.log, "wb") as handle:
             self.process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
         self.wait_ready()
@@ -234,25 +238,26 @@ def run(work: Path, args) -> None:
     storage.ensure_bucket("serve-bench")
     register_versions(args.size)
     body = png(args.size)
-    servers = {max_batch: Server(work, max_batch) for max_batch in MODES.values()}
+    servers = {label: Server(work, flags) for label, flags in MODES.items()}
     try:
         rows = compare(servers, body, args)
-        servers.pop(1).stop()  # it would follow the alias too, and load every version alongside
-        swapped = swaps_under_load(servers[32].port, body, args.swaps)
+        for label in (BASELINE, UNRECORDED):  # they would follow the alias too, and load every version
+            servers.pop(label).stop()
+        swapped = swaps_under_load(servers[BATCHING].port, body, args.swaps)
     finally:
         for server in servers.values():
             server.stop()
     report(rows, swapped, args)
 
 
-def compare(servers: dict[int, Server], body: bytes, args) -> dict:
-    """Each concurrency level --rounds times, alternating the two servers, so that whatever else
-    the machine does meanwhile weighs on both alike; the median round's throughput is kept."""
-    rows = {(max_batch, concurrency): [] for max_batch in servers for concurrency in CONCURRENCY}
+def compare(servers: dict[str, Server], body: bytes, args) -> dict:
+    """Each concurrency level --rounds times, alternating the servers, so that whatever else the
+    machine does meanwhile weighs on all alike; the median round's throughput is kept."""
+    rows = {(label, concurrency): [] for label in servers for concurrency in CONCURRENCY}
     for concurrency in CONCURRENCY:
         for _ in range(args.rounds):
-            for max_batch, server in servers.items():
-                rows[(max_batch, concurrency)].append(measure(server.port, body, concurrency, args.requests))
+            for label, server in servers.items():
+                rows[(label, concurrency)].append(measure(server.port, body, concurrency, args.requests))
     return {key: summary(rounds) for key, rounds in rows.items()}
 
 
@@ -269,13 +274,16 @@ def report(rows: dict, swapped: dict, args) -> None:
           f"{os.cpu_count()} CPUs\n")
     print("| batching | concurrency | req/s | p50 ms | p99 ms | images per model call | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for label, max_batch in MODES.items():
+    for label in MODES:
         for concurrency in CONCURRENCY:
-            row = rows[(max_batch, concurrency)]
+            row = rows[(label, concurrency)]
             print(f"| {label} | {concurrency} | {row['rps']:.1f} | {row['p50']:.1f} | {row['p99']:.1f} | "
                   f"{row['batch']:.1f} | {row['errors']} |")
-    ratio = rows[(32, 32)]["rps"] / rows[(1, 32)]["rps"]
+    ratio = rows[(BATCHING, 32)]["rps"] / rows[(BASELINE, 32)]["rps"]
     print(f"\nbatching / no batching at concurrency 32: {ratio:.2f}x (goal >= {GOAL_RATIO:g}x)")
+    cost = 1 - rows[(BATCHING, 32)]["rps"] / rows[(UNRECORDED, 32)]["rps"]
+    print(f"recording monitoring windows at concurrency 32 costs {cost:.1%} of the throughput "
+          f"(goal <= {GOAL_RECORDING_COST:.0%})")
     print(f"{args.swaps} alias moves under load (32 clients): {swapped['requests']} requests, "
           f"{swapped['errors']} errors (goal 0); the new version answered after "
           + ", ".join(f"{s:.1f}" for s in swapped["seconds"]) + " s (polling every 1 s)")

@@ -12,6 +12,7 @@ from transferflow_tasks.backbone import build_backbone
 from transferflow_tasks.credentials import use_credentials_block
 from transferflow_tasks.dataset import check_inputs, check_storage, download_dataset
 from transferflow_tasks.evaluation import calibrate_model, evaluate_model
+from transferflow_tasks.monitoring import compute_reference
 from transferflow_tasks.registry import (
     decide_promotion,
     export_formats,
@@ -39,11 +40,12 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a f
     fine = run_phase("fine_tune", target, config, dataset, run_id, head=head) if gate.passed else None
     final, calibration = calibrate_model(config, dataset, fine.chosen if fine else head, run_id)
     evaluation = evaluate_model(config, dataset, final.model_uri)
+    reference = compute_reference(config, dataset, final, run_id)
     promotion = decide_promotion(config, dataset, evaluation)
     savedmodel = export_model(final, run_id)
     formats = export_formats(config, dataset, final, run_id) if config.export else {}
     metadata = build_metadata(config, dataset, backbone, head, gate, fine, evaluation, flow_run.id,
-                              promotion, savedmodel, calibration, final, formats)
+                              promotion, savedmodel, calibration, final, formats, reference)
     registered = register_model(config, metadata, final, run_id)
     registered = promote_model(config, registered, promotion)
     announce_registration(metadata, registered)

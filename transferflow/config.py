@@ -232,6 +232,26 @@ class RetrainConfig(BaseModel):
         360, ge=1, le=7 * 24 * 60,
         description="A training phase running longer than this is cancelled and the run fails.",
     )
+    # Feedback from serving (issue 21): labelled images beside the dataset.
+    extra_data: str | None = Field(
+        None,
+        description="More labelled images to train on beside the dataset, e.g. the captured inputs a person "
+        "labelled: s3://bucket/feedback/<name>/labeled/ or a local folder, one subfolder per class (the "
+        "dataset's classes). They are fingerprinted with the dataset and split like its images, so some "
+        "land in val and test and the new version is judged on them too.",
+    )
+
+    @field_validator("extra_data")
+    @classmethod
+    def _extra_data_form(cls, value: str | None) -> str | None:
+        value = (value or "").strip()
+        if not value or value.lower() == "none":
+            return None  # "" is what a deployment trigger's template gives when there is nothing
+        if "://" in value and not value.startswith(("s3://", "file://")):
+            raise ValueError(f"extra_data {value!r}: give s3://bucket/prefix/ or a local folder")
+        if has_credentials(value):
+            raise ValueError("extra_data contains credentials (user:password@): put them in the environment")
+        return value
 
     @field_validator("dataset")
     @classmethod

@@ -73,3 +73,7 @@ class RequestError(TransferflowError):
 class ExportError(TransferflowError):
     """A portable export (ONNX, LiteRT) could not be made, or did not answer as the Keras model
     does on the test split: it is not published."""
+
+
+class MonitoringError(TransferflowError):
+    """Serving windows or a version's reference are missing or cannot be compared."""

@@ -95,7 +95,7 @@ def prepare_options(config: RetrainConfig) -> PrepareOptions:
     threshold = 0 if config.engine == "ray" else config.stream_threshold_mb
     return PrepareOptions(config.image_size, config.val_fraction, config.test_fraction, config.seed,
                           config.max_bad_image_fraction, threshold,
-                          auto_bounds=(spec.min_size, spec.native_size))
+                          auto_bounds=(spec.min_size, spec.native_size), extra_data=config.extra_data)
 
 
 def dataset_cache_key(config: RetrainConfig) -> str | None:
@@ -107,12 +107,13 @@ def dataset_cache_key(config: RetrainConfig) -> str | None:
     from transferflow.data import PREPARED_FORMAT, source_signature
 
     signature = source_signature(config.dataset)
-    if signature is None:
+    extra = source_signature(config.extra_data) if config.extra_data else ""
+    if signature is None or extra is None:
         return None
     options = prepare_options(config)
-    parts = [signature, options.image_size, options.auto_bounds, options.val_fraction, options.test_fraction,
-             options.seed, options.max_bad_fraction, options.stream_threshold_mb, PREPARED_FORMAT,
-             config.max_leakage, storage.endpoint_label(), storage.bucket_name(),
+    parts = [signature, extra, options.image_size, options.auto_bounds, options.val_fraction,
+             options.test_fraction, options.seed, options.max_bad_fraction, options.stream_threshold_mb,
+             PREPARED_FORMAT, config.max_leakage, storage.endpoint_label(), storage.bucket_name(),
              storage.store_id(storage.bucket_name())]
     return "dataset-" + hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()
 

@@ -30,6 +30,8 @@ RAY_CONNECT_TIMEOUT_S = 5.0
 def preflight(config: RetrainConfig, *, as_flags: bool = False) -> None:
     """Refuse what is knowable before the flow starts; `as_flags` names inputs as CLI flags."""
     check_dataset(config.dataset, "--dataset" if as_flags else "dataset")
+    if config.extra_data:
+        check_dataset(config.extra_data, "--extra-data" if as_flags else "extra_data")
     check_weights(config.weights, "--weights" if as_flags else "weights")
     if config.export:  # the converters and runtimes are an extra: refuse before training, not after
         from transferflow.exports import check_installed

@@ -174,14 +174,26 @@ def export_formats(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutco
     return staged
 
 
+def stage_reference(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutcome, run_id: str,
+                    logger=log) -> dict:
+    """The final model's monitoring reference (its statistics on the test and val splits), staged
+    under the run's prefix; registration copies and verifies it into the version."""
+    from transferflow import model as modeling
+    from transferflow.monitoring.reference import stage_reference as stage
+
+    return stage(modeling.load_from(final.model_uri), dataset.class_names, dataset, run_prefix(run_id),
+                 config.batch_size, logger)
+
+
 def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef,
                    head: PhaseOutcome, gate: GateDecision, fine: FineTuneOutcome | None,
                    evaluation: Evaluation, flow_run_id: str | None, promotion=None,
                    savedmodel: dict | None = None, calibration: Calibration | None = None,
-                   final: PhaseOutcome | None = None, formats: dict | None = None) -> TrainingRecord:
+                   final: PhaseOutcome | None = None, formats: dict | None = None,
+                   reference: dict | None = None) -> TrainingRecord:
     """Everything needed to know where a model came from and how good it is. `final` is the
     model registered (the calibrated one, when calibration was applied); `formats` the verified
-    exports of export_formats."""
+    exports of export_formats; `reference` the staged monitoring reference of stage_reference."""
     from transferflow.data.downloads import redact
 
     final = final or (fine.chosen if fine else head)
@@ -204,6 +216,7 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
             "source": dataset.source, "fingerprint": dataset.fingerprint, "prepared_uri": dataset.uri,
             "split_origin": dataset.split_origin, "counts": dataset.counts,
             "leakage": leakage.model_dump() if (leakage := getattr(dataset, "leakage", None)) else None,
+            **({"extra": dataset.extra} if getattr(dataset, "extra", None) else {}),
         },
         "backbone": backbone.model_dump(),
         "classes": dataset.class_names,
@@ -217,13 +230,14 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         "lineage": {"flow_run_id": flow_run_id, "staged_model_uri": final.model_uri},
         "promotion": promotion.model_dump() if promotion is not None else None,
         "exports": {**({"savedmodel": savedmodel} if savedmodel else {}), **(formats or {})},
+        "monitoring": {"reference": reference} if reference else {},
     })
 
 
 def register_model(config: RetrainConfig, metadata: TrainingRecord, final: PhaseOutcome, run_id: str,
                    logger=log) -> Registration:
-    """Publish the chosen model, its SavedModel, its verified exports and MODEL_CARD.md as a new
-    version; move `latest`."""
+    """Publish the chosen model, its SavedModel, its verified exports, its monitoring reference and
+    MODEL_CARD.md as a new version; move `latest`."""
     from transferflow.card import model_card
     from transferflow.registry import Registry
 
@@ -236,6 +250,8 @@ def register_model(config: RetrainConfig, metadata: TrainingRecord, final: Phase
                   for relative, item in savedmodel["files"].items()}
     staged.update({item["file"]: (item["staged_uri"], item["sha256"], item["size"])
                    for key, item in metadata.exports.items() if key != "savedmodel" and "staged_uri" in item})
+    if reference := metadata.monitoring.get("reference"):  # copied and verified before metadata.json
+        staged[reference["file"]] = (reference["staged_uri"], reference["sha256"], reference["size"])
     version = registry.register(
         config.registry_name, final.model_uri, final.sha256, final.size, metadata, run_id,
         extra_files=staged,

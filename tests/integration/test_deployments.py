@@ -73,11 +73,14 @@ def flow_runs_of(stack: Stack, flow_name: str) -> list[dict]:
 
 def test_deployments_and_schedule_are_in_place(stack):
     names = {f"{d['flow_name']}/{d['name']}": d for d in deployments(stack)}
-    assert {"retrain/manual", "retrain/scheduled", "train/gpu", "evaluate/on-registration"} <= set(names)
+    assert {"retrain/manual", "retrain/scheduled", "train/gpu", "evaluate/on-registration",
+            "monitor/scheduled", "retrain/on-drift"} <= set(names)
     assert all(d["enforce_parameter_schema"] for d in names.values())
     [schedule] = names["retrain/scheduled"]["schedules"]
     assert schedule["schedule"]["cron"] == "0 3 * * 1" and schedule["active"]
     assert names["retrain/manual"]["schedules"] == []
+    [hourly] = names["monitor/scheduled"]["schedules"]
+    assert hourly["schedule"]["cron"] == "5 * * * *" and hourly["active"]
     assert names["train/gpu"]["work_pool_name"] == "gpu"
     config_schema = names["retrain/manual"]["parameter_openapi_schema"]["definitions"]["RetrainConfig"]
     assert config_schema["properties"]["head_epochs"]["description"]

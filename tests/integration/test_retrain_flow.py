@@ -42,7 +42,8 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     from transferflow_flows.retrain import retrain
 
     dataset_uri, weights_uri = s3_inputs
-    config = learnable_config(dataset_uri, weights_uri)
+    feedback = labelled_feedback(bucket, "shapes-vgg16")  # what a person labelled from `serve --capture-*`
+    config = learnable_config(dataset_uri, weights_uri, extra_data=feedback)
     result = retrain(config=config)
 
     registry = Registry()
@@ -68,6 +69,12 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     calibration = meta["metrics"]["calibration"]  # fitted on the validation split, never worse there
     assert calibration["val_ece_after"] <= calibration["val_ece_before"] and calibration["temperature"] > 0
     assert meta["dataset"]["leakage"]["test_images"] == test["images"]
+    assert meta["dataset"]["extra"]["images"] == 6 and meta["dataset"]["extra"]["source"] == feedback
+    assert sum(sum(per_class.values()) for per_class in meta["dataset"]["counts"].values()) == 90 + 6
+    reference = meta["monitoring"]["reference"]  # copied and verified with the version
+    held_out = sum(sum(meta["dataset"]["counts"][split].values()) for split in ("test", "val"))
+    assert reference["images"] == held_out and registry.reference_bytes("shapes-vgg16", 1)
+    assert "staged_uri" in reference and reference["file"].startswith("monitoring/reference-")
     assert [c["name"] for c in meta["promotion"]["checks"]] == ["floor", "production"]
     assert list(storage.list_keys(bucket, "runs/")) == []  # staged copies cleaned up
 
@@ -91,7 +98,8 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
         assert response.read()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A second run is judged against version 1, pulled from the registry and scored on the same images.
-    second = retrain(config=learnable_config(dataset_uri, weights_uri, fine_tune_epochs=0, dropout=0.5))
+    second = retrain(config=learnable_config(dataset_uri, weights_uri, fine_tune_epochs=0, dropout=0.5,
+                                             extra_data=feedback))
     promotion = registry.metadata("shapes-vgg16", second["version"])["promotion"]
     same = promotion["comparisons"]["test"]
     assert same["images"] == test["images"]
@@ -100,6 +108,24 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     assert {c["name"] for c in promotion["checks"]} == {"floor", "class_set", "metric:test",
                                                         "class_recall:test", "mcnemar:test"}
     assert f"on the same {test['images']} test images" in promotion["reason"]
+
+
+def labelled_feedback(bucket: str, name: str) -> str:
+    """6 images labelled under feedback/<name>/labeled/<class>/ (3 of class_0, 3 of class_1)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from transferflow.devstack.samples import sample_image
+
+    rng = np.random.default_rng(21)
+    for i in range(6):
+        buffer = io.BytesIO()
+        Image.fromarray(sample_image(i % 2, 32, rng)).save(buffer, format="PNG")
+        key = f"feedback/{name}/labeled/class_{i % 2}/captured-{i}.png"
+        storage.put_bytes(bucket, key, buffer.getvalue(), "image/png")
+    return f"s3://{bucket}/feedback/{name}/labeled/"
 
 
 def assert_no_secret_in(flow_run_id: str, metadata: dict, artifacts: dict) -> None:

@@ -41,3 +41,23 @@ def test_learning_curve_is_a_png_of_the_expected_size():
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])
     assert (width, height) == (2 * WIDTH, HEIGHT)
+
+
+def test_retraining_on_drift_is_off_by_default_and_its_parameters_make_a_config():
+    import jinja2
+    import yaml
+
+    from transferflow.config import RetrainConfig
+
+    document = yaml.safe_load((POOLS.parent / "prefect.yaml").read_text())
+    by_name = {(d["entrypoint"].split(":")[-1], d["name"]): d for d in document["deployments"]}
+    [trigger] = by_name[("retrain", "on-drift")]["triggers"]
+    assert trigger["enabled"] is False and trigger["expect"] == ["transferflow.model.drift"]
+    assert by_name[("monitor", "scheduled")]["schedules"][0]["cron"] == "5 * * * *"
+    for feedback in ("s3://b/feedback/flowers/labeled/", ""):  # "" when nothing is labelled yet
+        payload = {"name": "flowers", "dataset": "s3://b/flowers/", "labeled_feedback": feedback}
+        rendered = {key: jinja2.Template(value).render(event={"payload": payload})
+                    for key, value in trigger["parameters"]["config"].items()}
+        config = RetrainConfig(**rendered)
+        assert (config.registry_name, config.dataset) == ("flowers", "s3://b/flowers/")
+        assert config.extra_data == (feedback or None)

@@ -10,6 +10,7 @@ from transferflow import __version__, storage
 from transferflow.cli.datasets import add_dataset_commands
 from transferflow.cli.flags import add_verbose_flag
 from transferflow.cli.models import add_model_commands
+from transferflow.cli.monitor import add_monitor_command
 from transferflow.cli.predict import add_predict_command
 from transferflow.cli.serve import add_serve_command
 from transferflow.cli.train import add_train_command, cmd_train
@@ -46,4 +47,5 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_commands(commands)
     add_predict_command(commands)
     add_serve_command(commands)
+    add_monitor_command(commands)
     return parser

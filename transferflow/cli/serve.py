@@ -42,8 +42,24 @@ def add_serve_command(commands) -> None:
                        "(default: 64)")
     serve.add_argument("--stale-after-s", type=float, default=300.0, help="/readyz fails (503) when the "
                        "alias has pointed at a version that cannot be loaded for this long (default: 300)")
+    add_watch_flags(serve)
     add_verbose_flag(serve)
     serve.set_defaults(handler=cmd_serve)
+
+
+def add_watch_flags(serve) -> None:
+    serve.add_argument("--no-monitor", dest="record", action="store_false",
+                       help="write no monitoring windows (by default each window's statistics go to "
+                       "monitoring/NAME/VERSION/ in the bucket; no inputs are kept)")
+    serve.add_argument("--monitor-window-seconds", type=float, default=3600.0, help="length of a monitoring "
+                       "window, aligned to multiples of it (default: 3600)")
+    serve.add_argument("--monitor-window-requests", type=int, default=10_000,
+                       help="close a window early after this many requests (default: 10000)")
+    serve.add_argument("--capture-rate", type=float, default=0.0, metavar="R",
+                       help="store this share (0-1) of inputs, as received, under feedback/NAME/unlabeled/ "
+                       "for labelling (default: 0)")
+    serve.add_argument("--capture-below-confidence", type=float, default=0.0, metavar="C",
+                       help="also store every input whose top probability is below C (default: 0, none)")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -72,7 +88,12 @@ def settings_from(args: argparse.Namespace):
               (args.max_megapixels > 0, "--max-megapixels must be more than 0"),
               (args.max_queue >= args.max_batch, "--max-queue must be at least --max-batch"),
               (args.max_inflight >= 1, "--max-inflight must be at least 1"),
-              (args.stale_after_s >= 0, "--stale-after-s must be 0 or more")]
+              (args.stale_after_s >= 0, "--stale-after-s must be 0 or more"),
+              (args.monitor_window_seconds >= 1, "--monitor-window-seconds must be at least 1"),
+              (args.monitor_window_requests >= 1, "--monitor-window-requests must be at least 1"),
+              (0 <= args.capture_rate <= 1, "--capture-rate must be between 0 and 1 (a share of inputs)"),
+              (0 <= args.capture_below_confidence <= 1,
+               "--capture-below-confidence must be between 0 and 1 (a probability)")]
     for passed, message in checks:
         if not passed:
             raise CLIError(message)
@@ -81,7 +102,10 @@ def settings_from(args: argparse.Namespace):
                          poll_seconds=args.poll_seconds, max_body_mb=args.max_body_mb,
                          max_megapixels=args.max_megapixels, max_queue=args.max_queue,
                          max_inflight=args.max_inflight, stale_after_s=args.stale_after_s,
-                         token=token_from_environment())
+                         token=token_from_environment(),
+                         record=args.record, window_seconds=args.monitor_window_seconds,
+                         window_requests=args.monitor_window_requests, capture_rate=args.capture_rate,
+                         capture_below=args.capture_below_confidence)
 
 
 def token_from_environment() -> str | None:

@@ -31,6 +31,7 @@ from transferflow.data.decode import (
     image_shape,
     resize_array,
 )
+from transferflow.data.extra import find_extra, joined_fingerprint, source_with
 from transferflow.data.layout import IMAGE_SUFFIXES, FolderScan, fingerprint_folder, scan_folder
 from transferflow.data.mirror import RemoteSource
 from transferflow.data.sources import extract_cached, local_folder, remote_source
@@ -62,6 +63,7 @@ class PrepareOptions:
     # (splits, image size) -> the same splits whose loaders decode elsewhere (engine ray, see
     # transferflow.scaleout.prepare); they must give what the local loaders give, in the same order
     decoder: Callable[[dict[str, Items], int], dict[str, Items]] | None = field(default=None, compare=False)
+    extra_data: str | None = None  # more labelled images joining the train pool (transferflow.data.extra)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Source:
 
     plan: Callable[[int], tuple[list[str], dict[str, Items]]]  # size -> (class names, split items)
     sizes: Callable[[], list[int]]
+    extra: dict | None = None  # the --extra-data images its plan adds to train (data.extra.Extra.describe)
 
 
 def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = None,
@@ -83,9 +86,11 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
     """
     bucket = bucket or storage.bucket_name()
     shown = downloads.redact(dataset)  # a presigned URL's token never reaches logs or metadata
+    extra = find_extra(options.extra_data, logger) if options.extra_data else None
     remote = remote_source(dataset)
     entry = mirror.lookup(bucket, remote, logger) if remote else None
-    if entry is not None and (ref := _stored(bucket, dataset, entry["fingerprint"], options, logger)):
+    if entry is not None and (ref := _stored(bucket, dataset, joined_fingerprint(entry["fingerprint"], extra),
+                                             options, logger)):
         return ref  # the origin was not contacted, nothing was downloaded
     if remote is not None:
         if entry is not None:
@@ -98,8 +103,10 @@ def prepare_dataset(dataset: str, options: PrepareOptions, bucket: str | None = 
         if scan.ignored:
             logger.info("ignored %d files that are not images (%s)", scan.ignored, ", ".join(IMAGE_SUFFIXES))
         fingerprint, source = fingerprint_folder(scan), _folder_source(scan)
-    ref = _stored(bucket, dataset, fingerprint, options, logger) or _prepare(
-        dataset, fingerprint, source, options, bucket, logger)
+    prepared = joined_fingerprint(fingerprint, extra)
+    source = source_with(source, extra) if extra else source
+    ref = _stored(bucket, dataset, prepared, options, logger) or _prepare(
+        dataset, prepared, source, options, bucket, logger)
     if remote is not None and entry is None:
         mirror.publish(bucket, remote, dataset_slug(dataset), fingerprint, paths, origins, logger)
     return ref
@@ -168,7 +175,8 @@ def _prepare_at(dataset: str, fingerprint: str, source: Source, options: Prepare
     ref = DatasetRef(name=dataset_slug(dataset), source=downloads.redact(dataset), fingerprint=fingerprint,
                      uri=f"s3://{bucket}/{prefix}/{variant}" + ("/" if stream else ".npz"),
                      class_names=class_names, image_size=options.image_size, split_origin=origin,
-                     counts={}, format="tfrecord" if stream else "npz")
+                     counts={}, format="tfrecord" if stream else "npz",
+                     extra=source.extra)
     logger.info("decoding %d images in %d classes at %dpx%s", total, len(class_names), options.image_size,
                 " (streamed to sharded TFRecord: above stream_threshold_mb)" if stream else "")
     started = time.monotonic()

@@ -36,6 +36,7 @@ class DatasetRef(BaseModel):
     format: str = "npz"  # npz: one file, loaded into memory; tfrecord: shards, streamed
     shards: dict[str, list[str]] = {}  # tfrecord: split -> shard URIs
     leakage: LeakageReport | None = None  # test images duplicating train ones; None: prepared before
+    extra: dict | None = None  # --extra-data: its source, fingerprint and images (data.extra), if any
 
 
 @dataclass

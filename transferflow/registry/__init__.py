@@ -4,6 +4,7 @@
     documents    the typed JSON documents: version metadata, alias documents, claims
     versions     register: reserve a number, copy and verify, publish the metadata
     exports      add a verified ONNX/LiteRT export to a registered version (conditional metadata write)
+    references   a version's monitoring reference: read verified, or added later (conditional metadata write)
     aliases      move, promote, rollback; the alias history as an undo stack
     maintenance  delete and gc
     reads        names, versions, metadata, aliases, history, resolve, verified pull (artifact or export)

@@ -137,6 +137,7 @@ class TrainingRecord(Record):
     lineage: Lineage = Lineage()
     promotion: Decision | None = None
     exports: dict[str, Any] = {}
+    monitoring: dict[str, Any] = {}  # {"reference": {file, sha256, size, ...}}: transferflow.monitoring
 
     @property
     def test_accuracy(self) -> float | None:

@@ -11,11 +11,12 @@ from transferflow.registry.exports import ExportWrites
 from transferflow.registry.golden import GoldenSets
 from transferflow.registry.maintenance import Maintenance
 from transferflow.registry.reads import Reads, artifact_reference
+from transferflow.registry.references import ReferenceFiles
 from transferflow.registry.versions import VersionWrites
 
 
-class Registry(VersionWrites, ExportWrites, AliasMoves, Maintenance, GoldenSets, Reads):
-    """Versions (register, add_export), aliases and their history (promote, rollback), removal
+class Registry(VersionWrites, ExportWrites, ReferenceFiles, AliasMoves, Maintenance, GoldenSets, Reads):
+    """Versions (register, add_export, add_reference), aliases and their history (promote, rollback), removal
     (delete, gc), golden sets, and reads (resolve, metadata, pull) of the models in one bucket."""
 
     def __init__(self, bucket: str | None = None):

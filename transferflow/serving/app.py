@@ -25,6 +25,7 @@ from transferflow.serving.inputs import RAW_BODY, Upload, decode_upload, pixels_
 from transferflow.serving.metrics import ServeMetrics
 from transferflow.serving.middleware import Admission, BearerAuth, BodyLimit, Observe, endpoint_of
 from transferflow.serving.versions import ModelSlot, ServedVersion
+from transferflow.serving.watch import Watch
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,12 @@ class ServeSettings:
     max_inflight: int = 64  # model requests being read, decoded or answered at once; more: 429
     stale_after_s: float = 300.0  # behind the alias this long (a version that fails to load): unready
     token: str | None = field(default=None, repr=False)
+    # Monitoring and feedback (transferflow.serving.watch): windows on unless record is off.
+    record: bool = True
+    window_seconds: float = 3600.0
+    window_requests: int = 10_000
+    capture_rate: float = 0.0
+    capture_below: float = 0.0
 
 
 @dataclass
@@ -64,6 +71,7 @@ class ServerState:
     health: ServingHealth | None = None
     decoders: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode"))
+    watch: Watch | None = None  # monitoring windows and feedback capture; None: off
 
     def __post_init__(self):
         if self.batcher is None:
@@ -84,6 +92,10 @@ class ServerState:
             raise RequestError(f"{self.name} is still loading; retry once /readyz answers 200", status=503,
                                kind="not_ready")
         return served
+
+    def observed(self, served: ServedVersion, outputs: np.ndarray, received, endpoint: str) -> np.ndarray:
+        """The probabilities of a model call's outputs, after the watch (if on) has seen them."""
+        return self.watch.observe(served, outputs, received, endpoint) if self.watch else outputs
 
     async def in_decoders(self, function, *args):
         """Run CPU-bound parsing or decoding off the event loop, in a bounded pool (memory too)."""
@@ -141,7 +153,7 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
         with state.batcher.admitted():
             body = await request.body()
             pixels, key = await state.in_decoders(pixels_from_json, body, served.image_size)
-        probabilities = await state.batcher.predict(served, pixels)
+        probabilities = state.observed(served, await state.batcher.predict(served, pixels), pixels, "predict")
         return JSONResponse({key: probabilities.tolist()}, headers={VERSION_HEADER: str(served.version)})
 
     @app.post("/v1/models/{name}:classify")
@@ -154,7 +166,8 @@ def add_model_routes(app: FastAPI, state: ServerState) -> None:
             uploads = await read_uploads(request)
             images = await state.in_decoders(decode_all, uploads, served.image_size,
                                              int(state.settings.max_megapixels * 1e6))
-        probabilities = await state.batcher.predict(served, images.astype(np.float32))
+        probabilities = state.observed(served, await state.batcher.predict(served, images.astype(np.float32)),
+                                       uploads, "classify")
         k = min(top_k, len(served.classes))
         predictions = [{"image": upload.name, "top": top_labels(row, served.classes, k)}
                        for upload, row in zip(uploads, probabilities, strict=True)]

@@ -9,6 +9,7 @@ backoff, and shows in the model status, /metrics and (after --stale-after-s) /re
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 
@@ -16,7 +17,8 @@ from transferflow.errors import RegistryError, TransferflowError
 from transferflow.registry import Registry
 from transferflow.serving.app import ServerState, ServeSettings, create_app
 from transferflow.serving.follower import AliasFollower, Reference
-from transferflow.serving.versions import ServedVersion
+from transferflow.serving.versions import ServedVersion, load_version
+from transferflow.serving.watch import watch_for
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ def serve(reference_text: str, settings: ServeSettings) -> None:
     reference = Reference.parse(reference_text)
     Registry().resolve(str(reference))  # a wrong name or alias fails here, before anything listens
     state = ServerState(reference.name, settings)
+    state.watch = watch_for(reference.name, settings, state.metrics)
     fatal: list[BaseException] = []
 
     def stop_on(exc: BaseException) -> None:  # called by the follower's thread
@@ -40,7 +43,8 @@ def serve(reference_text: str, settings: ServeSettings) -> None:
                              on_swap=lambda old, new: swapped(state, reference, old, new),
                              health=state.health,
                              on_failure=lambda version, exc: state.metrics.swap_failures.labels(
-                                 reference.name, str(version)).inc())
+                                 reference.name, str(version)).inc(),
+                             loader=functools.partial(load_version, features=state.watch is not None))
     app = create_app(state, lifespan=lifespan(state, follower, reference))
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S))
@@ -60,6 +64,8 @@ def lifespan(state: ServerState, follower: AliasFollower, reference: Reference):
     @contextlib.asynccontextmanager
     async def running(app):
         await state.batcher.start()
+        if state.watch:
+            state.watch.start()
         follower.start()
         log.info("serving %s on http://%s:%d (%s; batches up to %d, waiting up to %g ms)", reference,
                  settings.host, settings.port,
@@ -68,6 +74,8 @@ def lifespan(state: ServerState, follower: AliasFollower, reference: Reference):
         yield
         follower.stop()
         await state.batcher.stop()
+        if state.watch:  # after the last request: the open windows and queued captures are written
+            state.watch.stop()
         state.decoders.shutdown(wait=False)
         log.info("stopped serving %s", reference)
 

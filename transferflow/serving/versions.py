@@ -26,6 +26,7 @@ class ServedVersion:
     image_size: int
     sha256: str
     model: Any = field(repr=False)  # keras.Model; typed loosely so this module imports no Keras
+    feature_dim: int = 0  # > 0: the model also answers its penultimate features (monitoring.features)
 
     @property
     def label(self) -> str:
@@ -41,9 +42,10 @@ class ServedVersion:
         return np.concatenate([np.asarray(part, np.float32) for part in parts])
 
 
-def load_version(name: str, version: int) -> ServedVersion:
+def load_version(name: str, version: int, features: bool = False) -> ServedVersion:
     """Download a version (size and sha256 checked before Keras reads it), load it in safe mode,
-    and warm it up, so the first request it answers does not pay for tracing."""
+    and warm it up, so the first request it answers does not pay for tracing. With `features`, each
+    row it answers is its probabilities followed by its penultimate features (for monitoring)."""
     from transferflow.model import load_classifier
     from transferflow.registry import Registry, verified_download
 
@@ -55,8 +57,13 @@ def load_version(name: str, version: int) -> ServedVersion:
         raise RegistryError(f"{name}:{version} has no classes or image_size in its metadata, so its answers "
                             "cannot be labelled; register it with them")
     model = load_classifier(str(verified_download(f"{name}:{version}")))
+    dim = 0
+    if features:
+        from transferflow.monitoring.features import feature_dim, with_features
+
+        model, dim = with_features(model), feature_dim(model)
     served = ServedVersion(name, version, list(record.classes), int(record.image_size),
-                           record.artifact.sha256, model)
+                           record.artifact.sha256, model, dim)
     warm_up(served)
     log.info("loaded %s (sha256 %s…, %d classes, %d px): verified and warmed up in %.1f s", served.label,
              served.sha256[:12], len(served.classes), served.image_size, time.monotonic() - started)
@@ -70,7 +77,7 @@ def warm_up(served: ServedVersion) -> None:
     size = served.image_size
     for rows in (1, 2):
         probabilities = served.predict(np.zeros((rows, size, size, 3), np.float32), max_batch=rows)
-        if probabilities.shape != (rows, len(served.classes)):
+        if probabilities.shape != (rows, len(served.classes) + served.feature_dim):
             raise RegistryError(f"{served.label} answers {probabilities.shape[1:]} values per image but its "
                                 f"metadata lists {len(served.classes)} classes; register it again")
 
