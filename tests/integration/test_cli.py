@@ -126,3 +126,27 @@ def test_datasets_prefetch_list_and_show(bucket, sample_dataset, tmp_path):
     assert json.loads(run_cli("datasets", "show", "shapes", "--json").stdout)["variants"]
     missing = run_cli("datasets", "show", "nothing-here")
     assert missing.returncode == 1 and "transferflow datasets prefetch" in missing.stderr
+
+
+def test_growing_a_dataset_moves_no_old_image_between_splits(bucket, tmp_path):
+    """The issue's check: the data grows by 25% with new files; `datasets show --splits --json`
+    before and after shows every old image in the split it was in."""
+    import shutil
+
+    from transferflow.devstack.samples import write_dataset
+
+    root = write_dataset(tmp_path / "growing", classes=3, per_class=60)
+    assert run_cli("datasets", "prefetch", str(root)).returncode == 0
+    before = json.loads(run_cli("datasets", "show", str(root), "--splits", "--json").stdout)
+    extra = write_dataset(tmp_path / "extra", classes=3, per_class=15, seed=1)
+    for path in sorted(extra.rglob("*.*")):
+        shutil.move(path, root / path.parent.name / f"new_{path.name}")
+    assert run_cli("datasets", "prefetch", str(root)).returncode == 0
+    after = json.loads(run_cli("datasets", "show", str(root), "--splits", "--json").stdout)
+
+    assert after["fingerprint"] != before["fingerprint"] and len(after["images"]) == 225
+    assert not any(row["borrowed"] for row in before["images"])  # no exception in play: all are strict
+    old = {row["name"]: (row["split"], row["digest"]) for row in before["images"]}
+    now = {row["name"]: (row["split"], row["digest"]) for row in after["images"]}
+    assert {name: now[name] for name in old} == old
+    assert {split for name, (split, _) in now.items() if name not in old} == {"train", "val", "test"}
