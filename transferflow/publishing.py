@@ -113,6 +113,7 @@ def _champion(config: RetrainConfig, dataset: DatasetRef, evaluation: Evaluation
     size = meta.image_size or dataset.image_size
     test_images = prepared_at(config.dataset, dataset, prepare_options(config), size, logger)
     scored = {"test": score_model(model, meta.classes, test_images, "test", config.batch_size)}
+    compared_on = {"test": _unseen_by(config.registry_name, version, dataset, logger)}
     golden_set = Registry().golden(config.registry_name)
     if evaluation.golden is not None and golden_set is not None:
         scored["golden"] = score_on_golden(model, meta.classes, golden_set, size, config.batch_size, logger)
@@ -121,7 +122,23 @@ def _champion(config: RetrainConfig, dataset: DatasetRef, evaluation: Evaluation
                 scored["test"].metrics["macro_f1"])
     return Champion(version=version, classes=meta.classes,
                     scored={key: _in_order(value, meta.classes, dataset.class_names)
-                            for key, value in scored.items()})
+                            for key, value in scored.items()}, compared_on=compared_on)
+
+
+def _unseen_by(name: str, version: int, dataset: DatasetRef, logger):
+    """The new test split minus every image production trained or validated on, by content digest."""
+    from transferflow.comparison_set import comparison_set
+    from transferflow.data import read_membership
+    from transferflow.registry import Registry
+
+    production = Registry().membership(name, version)
+    seen = set(production.digests("train", "val")) if production is not None else None
+    test = read_membership(dataset.membership).digests("test") if dataset.membership else None
+    chosen = comparison_set(test, seen)
+    if chosen.excluded:
+        logger.info("%d of %d test images were in production v%d's train or val split: left out of the "
+                    "comparison", chosen.excluded, len(test), version)
+    return chosen
 
 
 def _in_order(scored: Scored, model_classes: list[str], wanted: list[str]) -> Scored:
@@ -204,6 +221,7 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
             "source": dataset.source, "fingerprint": dataset.fingerprint, "prepared_uri": dataset.uri,
             "split_origin": dataset.split_origin, "counts": dataset.counts,
             "leakage": leakage.model_dump() if (leakage := getattr(dataset, "leakage", None)) else None,
+            "membership": _membership_entry(dataset),
         },
         "backbone": backbone.model_dump(),
         "classes": dataset.class_names,
@@ -218,6 +236,18 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         "promotion": promotion.model_dump() if promotion is not None else None,
         "exports": {**({"savedmodel": savedmodel} if savedmodel else {}), **(formats or {})},
     })
+
+
+def _membership_entry(dataset: DatasetRef) -> dict | None:
+    """The version's splits.json.gz: a copy of the prepared dataset's membership sidecar, so that a
+    later gate knows which images this version trained and validated on."""
+    from transferflow.registry.layout import MEMBERSHIP
+
+    found = getattr(dataset, "membership", None)
+    if found is None:
+        return None
+    return {"file": MEMBERSHIP, "sha256": found.sha256, "size": found.size, "images": found.images,
+            "staged_uri": found.uri}
 
 
 def register_model(config: RetrainConfig, metadata: TrainingRecord, final: PhaseOutcome, run_id: str,
@@ -236,6 +266,9 @@ def register_model(config: RetrainConfig, metadata: TrainingRecord, final: Phase
                   for relative, item in savedmodel["files"].items()}
     staged.update({item["file"]: (item["staged_uri"], item["sha256"], item["size"])
                    for key, item in metadata.exports.items() if key != "savedmodel" and "staged_uri" in item})
+    if metadata.dataset.membership:  # copied and verified like the artifact, before metadata.json
+        item = metadata.dataset.membership
+        staged[item["file"]] = (item["staged_uri"], item["sha256"], item["size"])
     version = registry.register(
         config.registry_name, final.model_uri, final.sha256, final.size, metadata, run_id,
         extra_files=staged,
