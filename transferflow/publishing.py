@@ -195,10 +195,11 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
                    head: PhaseOutcome, gate: GateDecision, fine: FineTuneOutcome | None,
                    evaluation: Evaluation, flow_run_id: str | None, promotion=None,
                    savedmodel: dict | None = None, calibration: Calibration | None = None,
-                   final: PhaseOutcome | None = None, formats: dict | None = None) -> TrainingRecord:
+                   final: PhaseOutcome | None = None, formats: dict | None = None,
+                   change_check=None) -> TrainingRecord:
     """Everything needed to know where a model came from and how good it is. `final` is the
     model registered (the calibrated one, when calibration was applied); `formats` the verified
-    exports of export_formats."""
+    exports of export_formats; `change_check` the cheap signature a later if_changed run compares."""
     from transferflow.data.downloads import redact
 
     final = final or (fine.chosen if fine else head)
@@ -235,6 +236,7 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         "lineage": {"flow_run_id": flow_run_id, "staged_model_uri": final.model_uri},
         "promotion": promotion.model_dump() if promotion is not None else None,
         "exports": {**({"savedmodel": savedmodel} if savedmodel else {}), **(formats or {})},
+        "change_check": change_check.model_dump() if change_check is not None else None,
     })
 
 
