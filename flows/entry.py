@@ -13,3 +13,12 @@ def train_here(config: RetrainConfig) -> dict:
     from transferflow_flows.retrain import retrain  # Prefect starts up here, after the checks
 
     return retrain(config=config)
+
+
+def watch_here(prefixes: list[str], interval_s: float, debounce_s: float, polls: int | None = None) -> None:
+    """`transferflow watch`: poll the prefixes and emit transferflow.dataset.changed (Prefect's API
+    at PREFECT_API_URL) once each change has settled."""
+    from transferflow.watch import watch
+    from transferflow_tasks.events import emit_dataset_changed
+
+    watch(prefixes, emit_dataset_changed, interval_s, debounce_s, polls)
