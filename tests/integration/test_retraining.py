@@ -48,29 +48,56 @@ def grow(root, tmp_path, per_class: int, seed: int) -> None:
         shutil.move(path, root / path.parent.name / f"new{seed}_{path.name}")
 
 
-def test_production_is_judged_only_on_test_images_it_never_trained_or_validated_on(
-        prefect_server, bucket, weights_uri, tmp_path):
+def task_names(flow_run_id) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name.rsplit("-", 1)[0] for run in runs}
+
+
+def test_retraining_left_running(prefect_server, bucket, weights_uri, tmp_path):
+    """Three scheduled-style runs (if_changed). The first trains production. The second, on the same
+    data and configuration, ends Skipped before any download. Then the data grows by a third, the
+    team raises test_fraction, and the third run warm-starts from production: production is judged
+    only on the new test images it never trained or validated on (checked on digests)."""
+    from transferflow.changes import check_changes
     from transferflow.data import load_prepared, ref_for
     from transferflow.model import load_model
     from transferflow_flows.retrain import retrain
 
     root = write_dataset(tmp_path / "photos", classes=3, per_class=30)
     dataset = upload_folder(root, bucket, "sources/photos")
-    retrain(config=quick_config(dataset, weights_uri))  # production v1, on the old data
+    config = quick_config(dataset, weights_uri, if_changed=True)
+    assert retrain(config=config, return_state=True).name == "Completed"  # production v1
+
+    again = retrain(config=config, return_state=True)
+    assert again.is_completed() and again.name == "Skipped"
+    assert again.message == ("skipped: the dataset and the training configuration are those of grown:1 "
+                             "(production); pass force to train anyway")
+    assert again.result() == {"skipped": True, "reason": again.message}
+    assert Registry().versions("grown") == [1]
+    assert task_names(again.state_details.flow_run_id) == {"check_storage", "check_inputs", "check_changes"}
+
     grow(root, tmp_path, per_class=10, seed=1)
     upload_folder(root, bucket, "sources/photos")
-    # The team also raised test_fraction: production's val band now lies inside the test band.
-    retrain(config=quick_config(dataset, weights_uri, test_fraction=0.2))
+    assert not check_changes(config).skip  # new files alone make the next run train
+    grown = config.model_copy(update={"test_fraction": 0.2, "init_from": "grown@production"})
+    third = retrain(config=grown, return_state=True)
+    assert third.name == "Completed" and third.result()["version"] == 2
 
     registry = Registry()
     meta = registry.record("grown", 2)
+    assert meta.parameters["init_from"] == "grown:1"  # pinned: the version production was then
+    assert meta.model_extra["change_check"]["source"].startswith(dataset)
     assert meta.dataset.membership["file"] == "splits.json.gz"
     production, new = registry.membership("grown", 1), registry.membership("grown", 2)
     seen = set(production.digests("train", "val"))
     test = new.digests("test")
     unseen = [position for position, digest in enumerate(test) if digest not in seen]
     compared = meta.promotion.model_extra["comparisons"]["test"]
-    assert compared["excluded"] == len(test) - len(unseen) > 0
+    assert compared["excluded"] == len(test) - len(unseen) > 0  # production's val band is now test
     assert compared["images"] == len(unseen)
     # The set production was scored on is exactly the unseen images: its accuracy there, recomputed.
     images, labels = load_prepared(ref_for(meta.dataset.prepared_uri)).splits["test"]
