@@ -5,6 +5,11 @@ Scoring production on images it trained on inflates its score and leans the gate
 it; with stable splits few such images remain, but a production trained with other split settings
 (or before splits were stable) may have seen many. Below `minimum_compared` images nothing can be
 concluded: the comparisons are skipped and a blessed version is marked candidate (promotion.py).
+
+A production registered before versions kept digests is matched by decoded pixels instead
+(`pixel_digests`): its own prepared copy (at its size) against the new test split prepared at
+that same size, with the leakage check's exact pixel hash. When its prepared copy is gone, what
+it saw is unknown: it is compared on the whole split, and the check says so.
 """
 
 from __future__ import annotations
@@ -28,18 +33,37 @@ class ComparisonSet:
 
     keep: list[int] | None = None  # positions in the set, in its order
     excluded: int | None = 0
+    matched_by: str = "content digest"  # or "decoded pixels" (a production without recorded digests)
 
     def inconclusive(self, mcnemar_alpha: float) -> bool:
         return self.keep is not None and len(self.keep) < minimum_compared(mcnemar_alpha)
 
 
-def comparison_set(digests: list[str] | None, seen: set[str] | None) -> ComparisonSet:
-    """The positions of the set's images (their content digests, in order) that are not among
-    `seen` (production's train and val digests); all of them, flagged unknown, when either is missing."""
+def comparison_set(digests: list | None, seen: set | None,
+                   matched_by: str = "content digest") -> ComparisonSet:
+    """The positions of the set's images (their digests, in order) that are not among `seen`
+    (production's train and val digests); all of them, flagged unknown, when either is missing."""
     if digests is None or seen is None:
         return ComparisonSet(None, None)
     keep = [position for position, digest in enumerate(digests) if digest not in seen]
-    return ComparisonSet(keep, len(digests) - len(keep))
+    return ComparisonSet(keep, len(digests) - len(keep), matched_by)
+
+
+def pixel_digests(ref, splits: tuple[str, ...]) -> list[int]:
+    """The exact pixel hash (the leakage check's) of every image of these splits of a prepared
+    dataset, in stored order."""
+    from transferflow.data import image_hashes, load_prepared
+
+    prepared, found = load_prepared(ref), []
+    for split in splits:
+        data = prepared.splits.get(split)
+        if data is None:
+            continue
+        batches = ([data[0]] if isinstance(data, tuple)
+                   else (x for x, _ in data.dataset(256, shuffle=False, seed=0).as_numpy_iterator()))
+        for images in batches:
+            found += image_hashes(np.asarray(images).astype(np.uint8))[0].tolist()
+    return found
 
 
 def minimum_compared(mcnemar_alpha: float) -> int:
@@ -77,12 +101,14 @@ def describe_comparison_set(chosen: ComparisonSet, name: str, labels: list[int],
                        f"them): compared on all {total} {name} images, some of which it may have trained or "
                        "validated on, so its score may be inflated")
     left, needed = len(chosen.keep), minimum_compared(mcnemar_alpha)
+    how = ("" if chosen.matched_by == "content digest" else
+           f", matched by {chosen.matched_by}: it was registered before versions kept digests")
     if chosen.inconclusive(mcnemar_alpha):
         return True, (f"only {left} of {total} {name} images are ones {who} never trained or validated on "
-                      f"({chosen.excluded} excluded), fewer than the {needed} a comparison needs: the "
+                      f"({chosen.excluded} excluded{how}), fewer than the {needed} a comparison needs: the "
                       "comparisons on them are skipped")
     gone = sorted(set(labels) - {labels[i] for i in chosen.keep})
     absent = (f"; no image of {[classes[c] for c in gone]} is left, so their recall is not compared"
               if gone else "")
     return False, (f"{who} compared on the {left} of {total} {name} images it never trained or validated "
-                   f"on ({chosen.excluded} excluded){absent}")
+                   f"on ({chosen.excluded} excluded{how}){absent}")

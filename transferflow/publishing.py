@@ -113,7 +113,7 @@ def _champion(config: RetrainConfig, dataset: DatasetRef, evaluation: Evaluation
     size = meta.image_size or dataset.image_size
     test_images = prepared_at(config.dataset, dataset, prepare_options(config), size, logger)
     scored = {"test": score_model(model, meta.classes, test_images, "test", config.batch_size)}
-    compared_on = {"test": _unseen_by(config.registry_name, version, dataset, logger)}
+    compared_on = {"test": _unseen_by(config.registry_name, version, meta, dataset, test_images, logger)}
     golden_set = Registry().golden(config.registry_name)
     if evaluation.golden is not None and golden_set is not None:
         scored["golden"] = score_on_golden(model, meta.classes, golden_set, size, config.batch_size, logger)
@@ -125,20 +125,44 @@ def _champion(config: RetrainConfig, dataset: DatasetRef, evaluation: Evaluation
                             for key, value in scored.items()}, compared_on=compared_on)
 
 
-def _unseen_by(name: str, version: int, dataset: DatasetRef, logger):
-    """The new test split minus every image production trained or validated on, by content digest."""
-    from transferflow.comparison_set import comparison_set
+def _unseen_by(name: str, version: int, meta, dataset: DatasetRef, test_images: DatasetRef, logger):
+    """The new test split minus every image production trained or validated on: by content digest,
+    or, for a production registered before digests were kept, by decoded pixels at its size."""
+    from transferflow.comparison_set import comparison_set, pixel_digests
     from transferflow.data import read_membership
     from transferflow.registry import Registry
 
     production = Registry().membership(name, version)
-    seen = set(production.digests("train", "val")) if production is not None else None
-    test = read_membership(dataset.membership).digests("test") if dataset.membership else None
-    chosen = comparison_set(test, seen)
+    if production is not None or dataset.membership is None:
+        seen = set(production.digests("train", "val")) if production is not None else None
+        test = read_membership(dataset.membership).digests("test") if dataset.membership else None
+        chosen = comparison_set(test, seen)
+    else:
+        old = _prepared_copy(meta.dataset.prepared_uri)
+        if old is None:
+            logger.info("production v%d's prepared copy is gone: what it trained on is unknown", version)
+            return comparison_set(None, None)
+        seen = set(pixel_digests(old, ("train", "val")))
+        chosen = comparison_set(pixel_digests(test_images, ("test",)), seen, "decoded pixels")
     if chosen.excluded:
-        logger.info("%d of %d test images were in production v%d's train or val split: left out of the "
-                    "comparison", chosen.excluded, len(test), version)
+        logger.info("%d test images were in production v%d's train or val split (matched by %s): left out "
+                    "of the comparison", chosen.excluded, version, chosen.matched_by)
     return chosen
+
+
+def _prepared_copy(prepared_uri: str | None) -> DatasetRef | None:
+    """A prepared dataset's manifest, if it and its data are still in the store."""
+    from transferflow.data import ref_for
+    from transferflow.errors import DatasetError
+
+    if not prepared_uri:
+        return None
+    try:
+        ref = ref_for(prepared_uri)
+    except DatasetError:
+        return None
+    location = storage.parse_s3_uri(ref.uri if ref.format == "npz" else ref.shards["train"][0])
+    return ref if storage.head(location.bucket, location.key) is not None else None
 
 
 def _in_order(scored: Scored, model_classes: list[str], wanted: list[str]) -> Scored:
