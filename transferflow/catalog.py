@@ -57,7 +57,7 @@ def membership(bucket: str, reference: str, fingerprint: str | None = None) -> d
         raise DatasetError(f"dataset {reference!r} was prepared before membership was recorded (its "
                            "splits were positional): prepare it again with `transferflow datasets "
                            "prefetch` to list them")
-    newest = max(listed, key=lambda ref: ref["prepared_at"])
+    newest = max(listed, key=lambda ref: (ref.get("created") or "", ref["prepared_at"]))
     rows = read_membership(MembershipRef.model_validate(newest["membership"])).rows()
     return {"name": newest["name"], "source": newest["source"], "fingerprint": newest["fingerprint"],
             "manifest": newest["manifest"], "prepared_at": newest["prepared_at"], "images": rows}

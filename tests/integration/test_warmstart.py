@@ -5,6 +5,7 @@ flow-level warm run is in test_retraining.py."""
 import numpy as np
 import pytest
 
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.errors import ConfigError, RegistryError
 from transferflow.registry import Registry
@@ -24,21 +25,30 @@ def classifier(classes: int = 3, seed: int = 0):
     return build_classifier(construct(spec, 32, None), spec, classes, dropout=0.2)
 
 
-@pytest.fixture
-def registered(bucket):
-    """zoo:1 in production: a VGG16 classifier (random weights, seed 1) of CLASSES at 32 px."""
+def register(bucket, name: str, model=None) -> None:
+    """NAME:1 in production: VGG16 on CLASSES at 32 px; a real model's bytes only when one is given
+    (the refusals read the metadata alone)."""
     from transferflow.model import save_to
 
-    model = classifier(seed=1)
-    sha, size = save_to(model, f"s3://{bucket}/staging/zoo.keras")
+    uri = f"s3://{bucket}/staging/{name}.keras"
+    if model is not None:
+        sha, size = save_to(model, uri)
+    else:
+        storage.put_bytes(bucket, f"staging/{name}.keras", b"not read", "application/octet-stream")
+        sha, size = storage.object_sha256(bucket, f"staging/{name}.keras")
     metadata = {"classes": CLASSES, "image_size": 32, "parameters": {"backbone": "vgg16"}}
-    uri = f"s3://{bucket}/staging/zoo.keras"
-    version = Registry().register("zoo", uri, sha, size, metadata, "run-zoo").version
-    Registry().promote("zoo", version, "production", reason="test")
-    return model
+    version = Registry().register(name, uri, sha, size, metadata, f"run-{name}").version
+    Registry().promote(name, version, "production", reason="test")
 
 
-def test_warm_start_copies_the_backbone_and_the_head_column_by_class_name(registered):
+@pytest.fixture
+def registered(bucket):
+    register(bucket, "zoo")
+
+
+def test_warm_start_copies_the_backbone_and_the_head_column_by_class_name(bucket):
+    registered = classifier(seed=1)
+    register(bucket, "zoo", registered)
     fresh = classifier(seed=2)
     warm_start(fresh, "zoo:1", ["fox", "cat", "dog"])  # the dataset lists the classes in another order
     for layer in ("backbone", "standardize"):

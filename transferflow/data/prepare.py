@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +169,8 @@ def _prepare_at(dataset: str, fingerprint: str, source: Source, options: Prepare
     ref = DatasetRef(name=dataset_slug(dataset), source=downloads.redact(dataset), fingerprint=fingerprint,
                      uri=f"s3://{bucket}/{prefix}/{variant}" + ("/" if stream else ".npz"),
                      class_names=class_names, image_size=options.image_size, split_origin=origin,
-                     counts={}, format="tfrecord" if stream else "npz")
+                     counts={}, format="tfrecord" if stream else "npz",
+                     created=datetime.now(UTC).isoformat(timespec="microseconds"))
     logger.info("decoding %d images in %d classes at %dpx%s", total, len(class_names), options.image_size,
                 " (streamed to sharded TFRecord: above stream_threshold_mb)" if stream else "")
     started = time.monotonic()

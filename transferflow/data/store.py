@@ -39,6 +39,7 @@ class DatasetRef(BaseModel):
     shards: dict[str, list[str]] = {}  # tfrecord: split -> shard URIs
     leakage: LeakageReport | None = None  # test images duplicating train ones; None: prepared before
     membership: MembershipRef | None = None  # every image's split and digest; None: prepared before format 4
+    created: str | None = None  # when it was prepared (UTC, microseconds): the newest of a source's copies
 
 
 @dataclass
