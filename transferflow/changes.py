@@ -49,17 +49,19 @@ def change_signature(config: RetrainConfig) -> ChangeSignature:
                  if key not in EXECUTION_ONLY}
     effective["weights_signature"] = weights_signature(config.weights)
     digest = hashlib.sha256(json.dumps(effective, sort_keys=True, default=str).encode()).hexdigest()
-    return ChangeSignature(source=dataset_signature(config.dataset), config=digest)
+    source = dataset_signature(config.dataset, ask_origin=config.if_changed)
+    return ChangeSignature(source=source, config=digest)
 
 
-def dataset_signature(dataset: str) -> str | None:
+def dataset_signature(dataset: str, ask_origin: bool = True) -> str | None:
     """source_signature, and for an http(s) URL without #sha256= its ETag (or Last-Modified and
-    size) from a HEAD request; None when the origin gives neither."""
+    size) from a HEAD request (only if `ask_origin`: an offline run then waits for no timeout);
+    None when the origin gives neither."""
     from transferflow.data import source_signature
     from transferflow.data.downloads import probe, redact
 
     signature = source_signature(dataset)
-    if signature is not None or not dataset.startswith(("http://", "https://")):
+    if signature is not None or not ask_origin or not dataset.startswith(("http://", "https://")):
         return signature
     found = probe(dataset)
     if not found or not (found.get("etag") or found.get("last_modified")):

@@ -79,3 +79,26 @@ def test_a_local_folder_is_compared_by_paths_sizes_and_mtimes(bucket, sample_dat
     (root / "class_1" / "renamed.png").write_bytes((root / "class_1").joinpath(
         sorted(p.name for p in (root / "class_1").iterdir())[0]).read_bytes())
     assert not check_changes(config).skip
+
+
+def test_an_unpinned_url_is_compared_by_what_a_head_request_says(tmp_path):
+    import http.server
+    import threading
+    from functools import partial
+
+    from transferflow.changes import dataset_signature
+
+    (tmp_path / "photos.tar.gz").write_bytes(b"first upload")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/photos.tar.gz"
+    try:
+        first = dataset_signature(url)
+        assert first is not None and first == dataset_signature(url)
+        (tmp_path / "photos.tar.gz").write_bytes(b"a larger second upload")
+        assert dataset_signature(url) != first
+        assert dataset_signature(url, ask_origin=False) is None  # only if_changed asks the origin
+        assert dataset_signature(f"{url}#sha256={'ab' * 32}").endswith(f"#sha256={'ab' * 32}")  # pinned
+    finally:
+        server.shutdown()
