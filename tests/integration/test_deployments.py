@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -228,10 +229,15 @@ def test_new_data_uploaded_in_three_parts_starts_one_on_data_run_judged_on_unsee
         time.sleep(2)
     [run] = on_data_runs(stack)
     assert run["parameters"]["changed"] == {"dataset": watched, "fingerprint": fingerprint}
+    # The same change announced again while the run is in flight: it waits, then finds nothing new.
+    again = create_run(stack, "retrain/on-data", {"changed": run["parameters"]["changed"]})
     final = wait_final(stack, run["id"])
     assert final["state_type"] == "COMPLETED" and final["state_name"] == "Completed", final["state"]
+    doubled = wait_final(stack, again["id"])
+    assert doubled["state_name"] == "Skipped", doubled["state"]
+    assert datetime.fromisoformat(doubled["start_time"]) >= datetime.fromisoformat(final["end_time"])
     time.sleep(8 + 4)  # a second event would have come by now
-    assert len(on_data_runs(stack)) == 1
+    assert {r["id"] for r in on_data_runs(stack)} == {run["id"], again["id"]}  # none but these two
 
     registry = Registry(stack_bucket)
     meta = registry.record("ondata", 2)
