@@ -62,6 +62,7 @@ def test_train_then_list_and_show(bucket, sample_dataset, random_weights, tmp_pa
 
 
 @pytest.mark.parametrize("command", [["models", "list"], ["datasets", "list"], ["datasets", "show", "x"],
+                                     ["datasets", "show", "x", "--splits"],
                                      ["models", "history", "x"], ["models", "diff", "x:1", "x:2"],
                                      ["models", "pull", "x@production", "unused-dir"],
                                      ["models", "gc", "x", "--keep", "1", "--dry-run"]])
