@@ -23,6 +23,10 @@ DEMO_PARAMS := {"dataset": "$(CURDIR)/$(DEMO_DIR)/shapes", \
 # the production defaults (CIFAR-10 from its URL, ImageNet weights).
 PARAMS ?= $(DEMO_PARAMS)
 DEPLOYMENT ?= retrain/manual
+# make stack-up WATCH=s3://bucket/photos/ also starts the dataset watcher (retrain/on-data runs when
+# new data has landed there and stayed quiet for WATCH_DEBOUNCE seconds).
+WATCH ?=
+WATCH_DEBOUNCE ?= 600
 STACK := $(BIN)/python -m transferflow.devstack.stack --port $(PREFECT_PORT)
 # The local stack's server, unless PREFECT_API_URL points at another one.
 STACK_API = $${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}
@@ -40,6 +44,7 @@ S3_CONFIGURED := $(strip $(AWS_ENDPOINT_URL)$(AWS_ENDPOINT_URL_S3)$(AWS_ACCESS_K
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: ARGS='--dataset DIR ...' (run, prefetch), DATASET (prefetch), PARAMS='{...}' DEPLOYMENT (trigger),"
+	@echo "             WATCH=s3://bucket/prefix/ WATCH_DEBOUNCE (stack-up),"
 	@echo "             PYTEST_ARGS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui), MODEL (serve),"
 	@echo "             RAY_WORKERS (ray-up)"
 
@@ -116,11 +121,11 @@ trigger: venv $(if $(filter file,$(origin PARAMS)),demo-data) ## run retrain/man
 ui: ## print the Prefect UI's URL
 	@echo "http://127.0.0.1:$(PREFECT_PORT)"
 
-stack-up: venv ## storage, server, pools, workers and deployments, all in the background
+stack-up: venv ## storage, server, pools, workers, deployments (and the watcher: WATCH=s3://...), in the background
 ifeq ($(S3_CONFIGURED),)
 	@$(MAKE) --no-print-directory storage-up
 endif
-	$(STACK) up
+	$(STACK) up $(if $(WATCH),--watch $(WATCH) --debounce $(WATCH_DEBOUNCE))
 
 stack-down: ## stop workers, server and the local storage
 	@if [ -x $(BIN)/python ]; then $(STACK) down; fi

@@ -34,3 +34,12 @@ def ephemeral_timeout_message() -> str:
             f"e.g. other runs starting): nothing was trained. Run it again; wait longer with "
             f"{STARTUP_VARIABLE}=180; or start one server for all runs (`make server`, or `prefect server "
             "start`) and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+
+
+def watch_here(prefixes: list[str], interval_s: float, debounce_s: float, polls: int | None = None) -> None:
+    """`transferflow watch`: poll the prefixes and emit transferflow.dataset.changed (Prefect's API
+    at PREFECT_API_URL) once each change has settled."""
+    from transferflow.watch import watch
+    from transferflow_tasks.events import emit_dataset_changed
+
+    watch(prefixes, emit_dataset_changed, interval_s, debounce_s, polls)

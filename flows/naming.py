@@ -9,7 +9,11 @@ from transferflow.config import dataset_slug
 
 def _config() -> dict:
     config = flow_run.parameters.get("config") or {}
-    return config if isinstance(config, dict) else config.model_dump()
+    config = config if isinstance(config, dict) else config.model_dump()
+    changed = flow_run.parameters.get("changed")  # the on-data trigger's dataset replaces config's
+    if changed:
+        config = {**config, "dataset": changed["dataset"] if isinstance(changed, dict) else changed.dataset}
+    return config
 
 
 def _prefix() -> str:

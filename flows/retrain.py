@@ -4,13 +4,15 @@ import uuid
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import Completed
 
 from transferflow.config import RetrainConfig
 from transferflow.publishing import build_metadata
+from transferflow.watch import DatasetChange, apply_change
 from transferflow_flows.naming import retrain_run_name
 from transferflow_tasks.backbone import build_backbone
 from transferflow_tasks.credentials import use_credentials_block
-from transferflow_tasks.dataset import check_inputs, check_storage, download_dataset
+from transferflow_tasks.dataset import check_changes, check_inputs, check_storage, download_dataset
 from transferflow_tasks.evaluation import calibrate_model, evaluate_model
 from transferflow_tasks.monitoring import compute_reference
 from transferflow_tasks.registry import (
@@ -27,11 +29,21 @@ from transferflow_tasks.training import decide_fine_tune, run_phase
 
 @flow(name="retrain", flow_run_name=retrain_run_name,
       description="Transfer-learn an image classifier on a dataset and register it in S3.")
-def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a frozen default)
+def retrain(config: RetrainConfig = RetrainConfig(),  # noqa: B008 (a frozen default)
+            changed: DatasetChange | None = None) -> dict:
+    """`changed` is set by the on-data trigger (transferflow.dataset.changed): the dataset that
+    changed, trained on with the deployment's config. A run with nothing new to train on (if_changed)
+    ends Completed, named Skipped."""
     use_credentials_block()
+    config = apply_change(config, changed)
     run_id = flow_run.id or uuid.uuid4().hex
     check_storage()
-    check_inputs(config)
+    pinned = check_inputs(config)  # init_from pinned to a version number
+    changes = check_changes(config, changed.fingerprint if changed else None)
+    if changes.skip:  # the run ends Completed, named Skipped: nothing new to train on
+        return Completed(name="Skipped", message=changes.reason,
+                         data={"skipped": True, "reason": changes.reason})
+    config = pinned
     dataset = download_dataset(config)
     backbone = build_backbone(config, dataset)
     target = choose_training_target(config)
@@ -45,7 +57,8 @@ def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a f
     savedmodel = export_model(final, run_id)
     formats = export_formats(config, dataset, final, run_id) if config.export else {}
     metadata = build_metadata(config, dataset, backbone, head, gate, fine, evaluation, flow_run.id,
-                              promotion, savedmodel, calibration, final, formats, reference)
+                              promotion, savedmodel, calibration, final, formats, reference,
+                              changes.signature)
     registered = register_model(config, metadata, final, run_id)
     registered = promote_model(config, registered, promotion)
     announce_registration(metadata, registered)

@@ -3,11 +3,12 @@ from datetime import timedelta
 from prefect import task
 from prefect.logging import get_run_logger
 
-from transferflow import phases
+from transferflow import changes, phases
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
 from transferflow.preflight import preflight
-from transferflow_tasks.policies import retry_transient
+from transferflow.warmstart import resolve_init_from
+from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
 
 @task(name="check_storage")
@@ -23,10 +24,25 @@ def check_storage() -> str:
 
 
 @task(name="check_inputs")
-def check_inputs(config: RetrainConfig) -> None:
-    """Refuse a missing dataset path or weights file (or a malformed URL) before any download:
-    a bad weights path is otherwise found only after the dataset is prepared."""
+def check_inputs(config: RetrainConfig) -> RetrainConfig:
+    """Refuse a missing dataset path or weights file (or a malformed URL, or an init_from that
+    cannot warm-start) before any download: a bad weights path is otherwise found only after the
+    dataset is prepared. Returns the config with init_from pinned to a version number."""
     preflight(config)
+    return resolve_init_from(config, get_run_logger())
+
+
+@task(name="check_changes", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
+      retry_condition_fn=retry_transient)
+def check_changes(config: RetrainConfig, announced: str | None = None) -> changes.ChangeCheck:
+    """Before any download or decode: is there anything new to train on? (listings and stats only)
+    `announced` is the listing fingerprint of the event that started the run, if one did."""
+    check, logger = changes.check_changes(config), get_run_logger()
+    if announced is not None and announced != check.signature.source:
+        logger.info("%s changed again since the event that started this run: the current listing counts",
+                    config.dataset)
+    logger.info(check.reason)
+    return check
 
 
 def dataset_cache_key(context, parameters) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from transferflow import storage
 from transferflow.config import dataset_slug
 from transferflow.data import mirror
+from transferflow.errors import DatasetError
 
 
 def prepared(bucket: str) -> list[dict]:
@@ -38,3 +39,25 @@ def describe(bucket: str, reference: str) -> dict:
     sources = [entry for entry in mirror.entries(bucket)
                if entry["fingerprint"] in fingerprints or entry["source"] == reference]
     return {"reference": reference, "variants": variants, "mirrors": sources}
+
+
+def membership(bucket: str, reference: str, fingerprint: str | None = None) -> dict:
+    """Every image of a dataset's newest prepared variant (or of the one whose fingerprint starts
+    with `fingerprint`): name, class, content digest, split, from its membership sidecar."""
+    from transferflow.data.membership import MembershipRef, read_membership
+
+    variants = [ref for ref in describe(bucket, reference)["variants"]
+                if fingerprint is None or ref["fingerprint"].startswith(fingerprint)]
+    if not variants:
+        which = f" with fingerprint {fingerprint}…" if fingerprint else ""
+        raise DatasetError(f"no prepared dataset {reference!r}{which} in s3://{bucket}: see `transferflow "
+                           "datasets list`, or prepare it with `transferflow datasets prefetch`")
+    listed = [ref for ref in variants if ref.get("membership")]
+    if not listed:
+        raise DatasetError(f"dataset {reference!r} was prepared before membership was recorded (its "
+                           "splits were positional): prepare it again with `transferflow datasets "
+                           "prefetch` to list them")
+    newest = max(listed, key=lambda ref: (ref.get("created") or "", ref["prepared_at"]))
+    rows = read_membership(MembershipRef.model_validate(newest["membership"])).rows()
+    return {"name": newest["name"], "source": newest["source"], "fingerprint": newest["fingerprint"],
+            "manifest": newest["manifest"], "prepared_at": newest["prepared_at"], "images": rows}

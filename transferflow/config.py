@@ -252,6 +252,20 @@ class RetrainConfig(BaseModel):
         if has_credentials(value):
             raise ValueError("extra_data contains credentials (user:password@): put them in the environment")
         return value
+    # Retraining left running: skip when nothing changed (transferflow.changes).
+    if_changed: bool = Field(
+        False,
+        description="Train only if the dataset or the effective configuration changed since the version at "
+        "production (else latest); otherwise the run ends Skipped, before any download or decode. "
+        "The scheduled and on-data deployments set it.",
+    )
+    force: bool = Field(False, description="Train even when if_changed finds nothing changed.")
+    init_from: str | None = Field(
+        None, pattern=r"^[a-z0-9][a-z0-9._-]*(:[0-9]+|@[a-z0-9._-]+)$",
+        description="Warm start: begin from this registered version (NAME@ALIAS or NAME:VERSION): its "
+        "fine-tuned backbone and its head, instead of the pretrained weights and a new head. Needs the "
+        "same classes, backbone and image size; refused before training otherwise.",
+    )
 
     @field_validator("dataset")
     @classmethod

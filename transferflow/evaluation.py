@@ -67,13 +67,23 @@ def prepared_at(
     if dataset.image_size == image_size:
         return dataset
     resized = prepare_dataset(source, replace(options, image_size=image_size), logger=logger)
-    if resized.counts != dataset.counts:
+    if resized.counts != dataset.counts or not _same_test_images(resized, dataset):
         raise DatasetError(
             f"dataset {dataset.source} prepared at {image_size}px has other splits than at "
             f"{dataset.image_size}px ({resized.counts} vs {dataset.counts}): the two models "
             "cannot be scored on the same images"
         )
     return resized
+
+
+def _same_test_images(a: DatasetRef, b: DatasetRef) -> bool:
+    """The two copies hold the same test images in the same order (by content digest), when both
+    recorded them: the comparison set is chosen by position."""
+    from transferflow.data import read_membership
+
+    if a.membership is None or b.membership is None:
+        return True
+    return read_membership(a.membership).digests("test") == read_membership(b.membership).digests("test")
 
 
 # ---------------------------------------------------------------- golden sets

@@ -85,6 +85,10 @@ def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
         ref = prepare_dataset(config.dataset, prepare_options(config), logger=logger)
     check_leakage(ref.leakage, config.max_leakage, ref.source, logger)
     check_golden_classes(config.registry_name, ref)
+    if config.init_from:
+        from transferflow.warmstart import check_init_classes
+
+        check_init_classes(config, ref.class_names, ref.image_size)
     return ref
 
 
@@ -158,6 +162,10 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
         base = backbones.construct(spec, dataset.image_size, weights_file)
         classifier = modeling.build_classifier(base, spec, len(dataset.class_names), config.dropout,
                                                augment=config.augment)
+        if config.init_from:
+            from transferflow.warmstart import warm_start
+
+            warm_start(classifier, config.init_from, dataset.class_names, logger)
         options = _fit_options(config, plan, data, logger, on_epoch, config.head_epochs,
                                config.head_learning_rate, checkpoint_prefix(run_id, "head"))
         if config.cache_features and not config.augment:
@@ -264,7 +272,8 @@ def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: Backbone
 
     key = FeatureKey(dataset_uri=dataset.uri, dataset_fingerprint=dataset.fingerprint,
                      backbone=backbone.name, image_size=dataset.image_size, precision=plan.precision,
-                     weights=weights_identity(config.weights, backbone.weights_sha256, config.seed),
+                     weights=weights_identity(config.weights, backbone.weights_sha256, config.seed)
+                     + (f"+init:{config.init_from}" if config.init_from else ""),  # a pinned NAME:VERSION
                      keras=keras.__version__)
     stored = load_features(key)
     if stored is not None and {"train", "val"} <= set(stored):

@@ -39,6 +39,10 @@ def preflight(config: RetrainConfig, *, as_flags: bool = False) -> None:
         check_installed(config.export, "--export" if as_flags else "export")
     if config.engine == "ray":
         check_ray("--engine" if as_flags else "engine")
+    if config.init_from:  # the version exists, with this backbone and size: refused before any download
+        from transferflow.warmstart import resolve_init_from
+
+        resolve_init_from(config)
 
 
 def check_dataset(dataset: str, label: str = "dataset") -> None:

@@ -14,16 +14,25 @@ Every check is recorded with its numbers, and the decision's reason names each o
 Boundaries are decided on counts, exactly: accuracy, recall and macro-F1 are ratios of whole
 numbers of images, compared as fractions with the thresholds as the decimals the user wrote
 (0.1 is 1/10), so a 2-of-20 recall drop is the same decision from 16/20 as from 20/20.
+
+Production is compared only on the test images it never trained or validated on (its recorded
+digests, see `comparison_set`); the count left out is recorded as `excluded`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
 
 from pydantic import BaseModel
 
+from transferflow.comparison_set import (
+    COMPARISON_SET,
+    ComparisonSet,
+    describe_comparison_set,
+    on_comparison_set,
+)
 from transferflow.gate import against_baseline
 from transferflow.scoring import McNemar, Scored, mcnemar
 
@@ -70,6 +79,7 @@ class Champion:
     classes: list[str]
     scored: dict[str, Scored] | None = None
     problem: str | None = None  # why production could not be scored (its artifact failed verification)
+    compared_on: dict[str, ComparisonSet] = field(default_factory=dict)  # per set (comparison_set.py)
 
 
 class PromotionCheck(BaseModel):
@@ -86,6 +96,7 @@ class Comparison(BaseModel):
     challenger: dict  # accuracy, macro_f1, recall per class
     champion: dict
     mcnemar: McNemar
+    excluded: int | None = None  # images of the set left out: production trained or validated on them
 
 
 class PromotionDecision(BaseModel):
@@ -147,24 +158,44 @@ def promotion_gate(
             )
         elif champion.scored is not None:
             for name, scored in champion.scored.items():
-                comparisons[name] = _compare(challenger[name], scored)
+                chosen = champion.compared_on.get(name)  # None: every image (a golden set)
+                if chosen is not None:
+                    checks.append(_comparison_set_check(rule, name, chosen, challenger[name], classes,
+                                                        champion.version))
+                    if chosen.inconclusive(rule.mcnemar_alpha):
+                        continue
+                comparisons[name] = _compare(*on_comparison_set(challenger[name], scored, chosen, classes))
+                comparisons[name].excluded = chosen.excluded if chosen else None
                 checks += _same_images_checks(rule, name, comparisons[name], champion.version)
-            facts.update(production_accuracy=comparisons["test"].champion["accuracy"], same_dataset=True)
+            if "test" in comparisons:
+                facts["production_accuracy"] = comparisons["test"].champion["accuracy"]
+            facts["same_dataset"] = True
     blessed = all(check.passed for check in checks)
-    action = (
-        (PromotionAction.PROMOTE if rule.auto_promote else PromotionAction.CANDIDATE)
-        if blessed
-        else PromotionAction.NONE
-    )
-    outcome = {
-        PromotionAction.PROMOTE: "blessed: moving production to it",
-        PromotionAction.CANDIDATE: "blessed: marked candidate (auto_promote is off)",
-        PromotionAction.NONE: "not blessed: production unchanged",
-    }[action]
+    action, outcome = _action(rule, blessed, checks)
     reason = "; ".join(check.detail for check in checks) + f" -> {outcome}"
     return PromotionDecision(
         blessed=blessed, action=action, checks=checks, comparisons=comparisons, reason=reason, **facts
     )
+
+
+def _action(rule: PromotionRule, blessed: bool, checks: list[PromotionCheck]) -> tuple[PromotionAction, str]:
+    """What happens to the version, and the words for it. A blessed version whose comparison with
+    production was inconclusive (too few unseen images) is marked candidate: a human decides."""
+    if not blessed:
+        return PromotionAction.NONE, "not blessed: production unchanged"
+    if any(check.name.startswith(COMPARISON_SET) and check.skipped for check in checks):
+        return PromotionAction.CANDIDATE, ("blessed on the floor alone: marked candidate, not promoted, "
+                                           "since it could not be compared with production")
+    if not rule.auto_promote:
+        return PromotionAction.CANDIDATE, "blessed: marked candidate (auto_promote is off)"
+    return PromotionAction.PROMOTE, "blessed: moving production to it"
+
+
+def _comparison_set_check(rule: PromotionRule, name: str, chosen: ComparisonSet, challenger: Scored,
+                          classes: list[str], version: int) -> PromotionCheck:
+    skipped, detail = describe_comparison_set(chosen, name, challenger.labels, classes, version,
+                                              rule.mcnemar_alpha)
+    return PromotionCheck(name=f"{COMPARISON_SET}:{name}", passed=True, skipped=skipped, detail=detail)
 
 
 def _floor(rule: PromotionRule, test: dict) -> tuple[PromotionCheck, dict]:

@@ -113,6 +113,7 @@ def _champion(config: RetrainConfig, dataset: DatasetRef, evaluation: Evaluation
     size = meta.image_size or dataset.image_size
     test_images = prepared_at(config.dataset, dataset, prepare_options(config), size, logger)
     scored = {"test": score_model(model, meta.classes, test_images, "test", config.batch_size)}
+    compared_on = {"test": _unseen_by(config.registry_name, version, meta, dataset, test_images, logger)}
     golden_set = Registry().golden(config.registry_name)
     if evaluation.golden is not None and golden_set is not None:
         scored["golden"] = score_on_golden(model, meta.classes, golden_set, size, config.batch_size, logger)
@@ -121,7 +122,47 @@ def _champion(config: RetrainConfig, dataset: DatasetRef, evaluation: Evaluation
                 scored["test"].metrics["macro_f1"])
     return Champion(version=version, classes=meta.classes,
                     scored={key: _in_order(value, meta.classes, dataset.class_names)
-                            for key, value in scored.items()})
+                            for key, value in scored.items()}, compared_on=compared_on)
+
+
+def _unseen_by(name: str, version: int, meta, dataset: DatasetRef, test_images: DatasetRef, logger):
+    """The new test split minus every image production trained or validated on: by content digest,
+    or, for a production registered before digests were kept, by decoded pixels at its size."""
+    from transferflow.comparison_set import comparison_set, pixel_digests
+    from transferflow.data import read_membership
+    from transferflow.registry import Registry
+
+    production = Registry().membership(name, version)
+    if production is not None or dataset.membership is None:
+        seen = set(production.digests("train", "val")) if production is not None else None
+        test = read_membership(dataset.membership).digests("test") if dataset.membership else None
+        chosen = comparison_set(test, seen)
+    else:
+        old = _prepared_copy(meta.dataset.prepared_uri)
+        if old is None:
+            logger.info("production v%d's prepared copy is gone: what it trained on is unknown", version)
+            return comparison_set(None, None)
+        seen = set(pixel_digests(old, ("train", "val")))
+        chosen = comparison_set(pixel_digests(test_images, ("test",)), seen, "decoded pixels")
+    if chosen.excluded:
+        logger.info("%d test images were in production v%d's train or val split (matched by %s): left out "
+                    "of the comparison", chosen.excluded, version, chosen.matched_by)
+    return chosen
+
+
+def _prepared_copy(prepared_uri: str | None) -> DatasetRef | None:
+    """A prepared dataset's manifest, if it and its data are still in the store."""
+    from transferflow.data import ref_for
+    from transferflow.errors import DatasetError
+
+    if not prepared_uri:
+        return None
+    try:
+        ref = ref_for(prepared_uri)
+    except DatasetError:
+        return None
+    location = storage.parse_s3_uri(ref.uri if ref.format == "npz" else ref.shards["train"][0])
+    return ref if storage.head(location.bucket, location.key) is not None else None
 
 
 def _in_order(scored: Scored, model_classes: list[str], wanted: list[str]) -> Scored:
@@ -190,10 +231,11 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
                    evaluation: Evaluation, flow_run_id: str | None, promotion=None,
                    savedmodel: dict | None = None, calibration: Calibration | None = None,
                    final: PhaseOutcome | None = None, formats: dict | None = None,
-                   reference: dict | None = None) -> TrainingRecord:
+                   reference: dict | None = None, change_check=None) -> TrainingRecord:
     """Everything needed to know where a model came from and how good it is. `final` is the
     model registered (the calibrated one, when calibration was applied); `formats` the verified
-    exports of export_formats; `reference` the staged monitoring reference of stage_reference."""
+    exports of export_formats; `reference` the staged monitoring reference of stage_reference;
+    `change_check` the cheap signature a later if_changed run compares."""
     from transferflow.data.downloads import redact
 
     final = final or (fine.chosen if fine else head)
@@ -217,6 +259,7 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
             "split_origin": dataset.split_origin, "counts": dataset.counts,
             "leakage": leakage.model_dump() if (leakage := getattr(dataset, "leakage", None)) else None,
             **({"extra": dataset.extra} if getattr(dataset, "extra", None) else {}),
+            "membership": _membership_entry(dataset),
         },
         "backbone": backbone.model_dump(),
         "classes": dataset.class_names,
@@ -231,7 +274,20 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         "promotion": promotion.model_dump() if promotion is not None else None,
         "exports": {**({"savedmodel": savedmodel} if savedmodel else {}), **(formats or {})},
         "monitoring": {"reference": reference} if reference else {},
+        "change_check": change_check.model_dump() if change_check is not None else None,
     })
+
+
+def _membership_entry(dataset: DatasetRef) -> dict | None:
+    """The version's splits.json.gz: a copy of the prepared dataset's membership sidecar, so that a
+    later gate knows which images this version trained and validated on."""
+    from transferflow.registry.layout import MEMBERSHIP
+
+    found = getattr(dataset, "membership", None)
+    if found is None:
+        return None
+    return {"file": MEMBERSHIP, "sha256": found.sha256, "size": found.size, "images": found.images,
+            "staged_uri": found.uri}
 
 
 def register_model(config: RetrainConfig, metadata: TrainingRecord, final: PhaseOutcome, run_id: str,
@@ -252,6 +308,9 @@ def register_model(config: RetrainConfig, metadata: TrainingRecord, final: Phase
                    for key, item in metadata.exports.items() if key != "savedmodel" and "staged_uri" in item})
     if reference := metadata.monitoring.get("reference"):  # copied and verified before metadata.json
         staged[reference["file"]] = (reference["staged_uri"], reference["sha256"], reference["size"])
+    if metadata.dataset.membership:  # copied and verified like the artifact, before metadata.json
+        item = metadata.dataset.membership
+        staged[item["file"]] = (item["staged_uri"], item["sha256"], item["size"])
     version = registry.register(
         config.registry_name, final.model_uri, final.sha256, final.size, metadata, run_id,
         extra_files=staged,

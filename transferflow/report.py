@@ -173,8 +173,17 @@ def promotion_lines(promotion: Decision | None, marks: dict[str, str]) -> list[s
     for name, comparison in (extra.get("comparisons") or {}).items():
         lines += ["", f"### Against production on the {name} set", "",
                   *comparison_table(comparison, extra.get("production_version")), "",
-                  mcnemar_line(comparison)]
+                  *excluded_lines(comparison), mcnemar_line(comparison)]
     return lines
+
+
+def excluded_lines(comparison: dict) -> list[str]:
+    """How many images of the set were left out because production trained or validated on them."""
+    excluded = comparison.get("excluded")
+    if excluded is None:
+        return []
+    return [f"Compared on {comparison['images']} images; **{excluded} excluded**: production trained or "
+            "validated on them.", ""]
 
 
 def check_line(check: dict, marks: dict[str, str]) -> str:

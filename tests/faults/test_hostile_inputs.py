@@ -457,7 +457,7 @@ def test_class_left_without_decodable_images_is_refused(bucket, tmp_path, sample
     root = small_dataset(tmp_path / "few", sample_dataset)  # not named "rare": only the message can match
     (root / "rare").mkdir()
     for i in range(3):
-        (root / "rare" / f"img_{i}.jpg").write_bytes(b"HEIC saved as .jpg")
+        (root / "rare" / f"img_{i}.jpg").write_bytes(f"HEIC saved as .jpg, photo {i}".encode())  # distinct
     with pytest.raises(DatasetError, match=re.escape(
             f"dataset {root}: class folders ['rare'] have no readable training images (all were corrupt); "
             "replace the images or remove the folders")):

@@ -62,6 +62,7 @@ def test_train_then_list_and_show(bucket, sample_dataset, random_weights, tmp_pa
 
 
 @pytest.mark.parametrize("command", [["models", "list"], ["datasets", "list"], ["datasets", "show", "x"],
+                                     ["datasets", "show", "x", "--splits"],
                                      ["models", "history", "x"], ["models", "diff", "x:1", "x:2"],
                                      ["models", "pull", "x@production", "unused-dir"],
                                      ["models", "gc", "x", "--keep", "1", "--dry-run"]])
@@ -126,3 +127,34 @@ def test_datasets_prefetch_list_and_show(bucket, sample_dataset, tmp_path):
     assert json.loads(run_cli("datasets", "show", "shapes", "--json").stdout)["variants"]
     missing = run_cli("datasets", "show", "nothing-here")
     assert missing.returncode == 1 and "transferflow datasets prefetch" in missing.stderr
+
+
+def test_growing_a_dataset_moves_no_old_image_between_splits(bucket, tmp_path, capsys):
+    """The issue's check: the data grows by 25% with new files; `datasets show --splits --json`
+    before and after shows every old image in the split it was in. (In this process: the same
+    commands as a subprocess would run, without paying TensorFlow's start-up twice more.)"""
+    import shutil
+
+    from transferflow.cli import main
+    from transferflow.devstack.samples import write_dataset
+
+    def shown() -> dict:
+        capsys.readouterr()
+        assert main(["datasets", "show", str(root), "--splits", "--json"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    root = write_dataset(tmp_path / "growing", classes=3, per_class=60)
+    assert main(["datasets", "prefetch", str(root)]) == 0
+    before = shown()
+    extra = write_dataset(tmp_path / "extra", classes=3, per_class=15, seed=1)
+    for path in sorted(extra.rglob("*.*")):
+        shutil.move(path, root / path.parent.name / f"new_{path.name}")
+    assert main(["datasets", "prefetch", str(root)]) == 0
+    after = shown()
+
+    assert after["fingerprint"] != before["fingerprint"] and len(after["images"]) == 225
+    assert not any(row["borrowed"] for row in before["images"])  # no exception in play: all are strict
+    old = {row["name"]: (row["split"], row["digest"]) for row in before["images"]}
+    now = {row["name"]: (row["split"], row["digest"]) for row in after["images"]}
+    assert {name: now[name] for name in old} == old
+    assert {split for name, (split, _) in now.items() if name not in old} == {"train", "val", "test"}

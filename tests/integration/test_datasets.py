@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import upload_folder
 from transferflow import localcache, storage
-from transferflow.data import PrepareOptions, load_prepared, prepare_dataset, remote_source
+from transferflow.data import PrepareOptions, load_prepared, prepare_dataset, read_membership, remote_source
 from transferflow.devstack.samples import write_dataset
 from transferflow.errors import (
     ChecksumError,
@@ -47,12 +47,26 @@ def test_local_folder_is_prepared_split_and_stored(bucket, sample_dataset):
     ref = prepare_dataset(str(sample_dataset), OPTIONS)
     assert ref.class_names == ["class_0", "class_1", "class_2"]
     assert ref.split_origin == {"val": "carved", "test": "carved"}
-    assert {split: sum(c.values()) for split, c in ref.counts.items()} == {"train": 72, "val": 9, "test": 9}
+    assert sum(sum(c.values()) for c in ref.counts.values()) == 90
+    assert all(len(ref.counts[split]) == 3 for split in ("train", "val", "test"))  # every class in each
     assert ref.uri.startswith(f"s3://{bucket}/datasets/shapes/{ref.fingerprint[:16]}/")
     data = load_prepared(ref)
     x, y = data.splits["train"]
-    assert x.shape == (72, 32, 32, 3) and x.dtype == np.uint8
-    assert np.bincount(y).tolist() == [24, 24, 24]
+    train = sum(ref.counts["train"].values())
+    assert x.shape == (train, 32, 32, 3) and x.dtype == np.uint8
+    assert np.bincount(y).tolist() == [ref.counts["train"][name] for name in ref.class_names]
+
+
+def test_the_membership_sidecar_lists_every_stored_image_in_order(bucket, sample_dataset):
+    ref = prepare_dataset(str(sample_dataset), OPTIONS)
+    membership = read_membership(ref.membership)
+    data = load_prepared(ref)
+    for split, (_, y) in data.splits.items():
+        entry = membership.splits[split]
+        assert entry["labels"] == y.tolist()  # the stored order
+        for name, digest in zip(entry["names"], entry["digests"], strict=True):
+            assert hashlib.sha256((sample_dataset / name).read_bytes()).hexdigest() == digest
+    assert ref.membership.images == 90 == len({row["name"] for row in membership.rows()})
 
 
 def test_second_preparation_reuses_the_stored_copy(bucket, sample_dataset, caplog):
@@ -157,7 +171,8 @@ def test_wrapped_archive_with_splits_over_http(bucket, http_root, tmp_path):
     ref = prepare_dataset(f"{base}/splits.tar.gz#sha256={digest}", OPTIONS)
     assert ref.class_names == ["class_0", "class_1"]
     assert ref.split_origin == {"val": "carved", "test": "given"}
-    assert {split: sum(c.values()) for split, c in ref.counts.items()} == {"train": 22, "val": 2, "test": 24}
+    assert sum(ref.counts["train"].values()) + sum(ref.counts["val"].values()) == 24
+    assert sum(ref.counts["test"].values()) == 24 and len(ref.counts["val"]) == 2
     assert ref.fingerprint == prepare_dataset(str(folder), OPTIONS).fingerprint
 
 

@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import datetime
 
 import pytest
 
@@ -29,15 +30,23 @@ def stack_bucket(s3_server):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, stack_bucket):
+def watched(stack_bucket, sample_dataset):
+    """The prefix the stack's watcher lists, holding the old data before the stack starts (the
+    watcher's baseline: no event for it)."""
+    return upload_folder(sample_dataset, stack_bucket, "incoming")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, stack_bucket, watched):
     port = s3server.free_ports(1)[0]
     stack = Stack(home=tmp_path_factory.mktemp("prefect"), port=port, poll_seconds=2,
-                  worker_env={"TRANSFERFLOW_BUCKET": stack_bucket})
+                  worker_env={"TRANSFERFLOW_BUCKET": stack_bucket}, watch=[watched], debounce_s=8,
+                  watch_interval_s=1)
     try:
         up(stack)
         yield stack
     finally:
-        pids = [daemons.read_pid(stack.pid_file(n)) for n in ("server", "worker-cpu", "worker-gpu")]
+        pids = [daemons.read_pid(stack.pid_file(n)) for n in ("server", "worker-cpu", "worker-gpu", "watch")]
         down(stack)
         for pid in filter(None, pids):  # nothing left behind: not the services, not their children
             with pytest.raises(ProcessLookupError):
@@ -73,8 +82,14 @@ def flow_runs_of(stack: Stack, flow_name: str) -> list[dict]:
 
 def test_deployments_and_schedule_are_in_place(stack):
     names = {f"{d['flow_name']}/{d['name']}": d for d in deployments(stack)}
-    assert {"retrain/manual", "retrain/scheduled", "train/gpu", "evaluate/on-registration",
+    assert {"retrain/manual", "retrain/scheduled", "retrain/on-data", "train/gpu",
+            "evaluate/on-registration",
             "monitor/scheduled", "retrain/on-drift"} <= set(names)
+    assert names["retrain/scheduled"]["parameters"] == {"config": {"if_changed": True}}
+    on_data = names["retrain/on-data"]  # one run at a time; a run triggered meanwhile waits its turn
+    assert on_data["global_concurrency_limit"]["limit"] == 1
+    assert on_data["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    assert on_data["parameters"] == {"config": {"if_changed": True}}
     assert all(d["enforce_parameter_schema"] for d in names.values())
     [schedule] = names["retrain/scheduled"]["schedules"]
     assert schedule["schedule"]["cron"] == "0 3 * * 1" and schedule["active"]
@@ -160,3 +175,84 @@ def test_cancelling_the_parent_cancels_the_training_child(stack, stack_bucket, s
     assert wait_final(stack, parent["id"], timeout=180)["state_type"] == "CANCELLED"
     assert wait_final(stack, child["id"], timeout=180)["state_type"] == "CANCELLED"
     assert Registry(stack_bucket).versions("cancelled") == []
+
+
+def stand_in_production(bucket: str, prefix: str, name: str) -> set[str]:
+    """Production for the on-data test without a training run: the old data prepared with the default
+    split settings, and a small model registered with that preparation's membership. Returns its
+    train and val digests."""
+    import keras
+
+    from transferflow.data import PrepareOptions, prepare_dataset, read_membership
+    from transferflow.model import save_to
+
+    ref = prepare_dataset(prefix, PrepareOptions(32, 0.1, 0.1, seed=42), bucket=bucket)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(len(ref.class_names), activation="softmax")])
+    sha, size = save_to(model, f"s3://{bucket}/staging/{name}.keras")
+    membership = ref.membership
+    metadata = {"classes": ref.class_names, "image_size": 32,
+                "dataset": {"fingerprint": ref.fingerprint, "membership": {
+                    "file": "splits.json.gz", "sha256": membership.sha256, "size": membership.size,
+                    "images": membership.images}}}
+    registry = Registry(bucket)
+    version = registry.register(name, f"s3://{bucket}/staging/{name}.keras", sha, size, metadata, "stand-in",
+                                extra_files={"splits.json.gz": (membership.uri, membership.sha256,
+                                                                membership.size)}).version
+    registry.promote(name, version, "production", reason="the on-data test's production")
+    return set(read_membership(membership).digests("train", "val"))
+
+
+def test_new_data_uploaded_in_three_parts_starts_one_on_data_run_judged_on_unseen_images(
+        stack, stack_bucket, watched, random_weights, tmp_path):
+    """The issue's check: with the stack up (watcher included), new images land in the watched
+    prefix in three parts inside the debounce window: exactly one retrain/on-data run, trained on
+    the final listing's fingerprint, and production compared only on images it never trained on."""
+    from transferflow.devstack.samples import write_dataset
+    from transferflow.watch import listing_fingerprint
+
+    seen = stand_in_production(stack_bucket, watched, "ondata")
+    storage.upload_file(random_weights, stack_bucket, "weights/vgg16.weights.h5")
+    # test_fraction 0.2: production's val band (0.1-0.2) is in the new test split, so some are excluded
+    config = {"weights": f"s3://{stack_bucket}/weights/vgg16.weights.h5", "image_size": 32, "head_epochs": 1,
+              "fine_tune_epochs": 0, "calibrate": False, "train_on": "local", "model_name": "ondata",
+              "promote_min_accuracy": 0.0, "if_changed": True, "test_fraction": 0.2}
+    api(stack, "PATCH", f"/deployments/{deployment_id(stack, 'retrain/on-data')}",
+        {"parameters": {"config": config}})
+    new = write_dataset(tmp_path / "new", classes=3, per_class=9, seed=5)
+    files = sorted(new.rglob("*.*"))
+    for part in range(3):  # each part lands 2 s after the last, inside the 8 s window
+        for path in files[part::3]:
+            storage.upload_file(path, stack_bucket, f"incoming/{path.parent.name}/new_{path.name}")
+        time.sleep(2)
+    fingerprint = listing_fingerprint(watched)[0]
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not on_data_runs(stack):
+        time.sleep(2)
+    [run] = on_data_runs(stack)
+    assert run["parameters"]["changed"] == {"dataset": watched, "fingerprint": fingerprint}
+    # The same change announced again while the run is in flight: it waits, then finds nothing new.
+    again = create_run(stack, "retrain/on-data", {"changed": run["parameters"]["changed"]})
+    final = wait_final(stack, run["id"])
+    assert final["state_type"] == "COMPLETED" and final["state_name"] == "Completed", final["state"]
+    doubled = wait_final(stack, again["id"])
+    assert doubled["state_name"] == "Skipped", doubled["state"]
+    assert datetime.fromisoformat(doubled["start_time"]) >= datetime.fromisoformat(final["end_time"])
+    time.sleep(8 + 4)  # a second event would have come by now
+    assert {r["id"] for r in on_data_runs(stack)} == {run["id"], again["id"]}  # none but these two
+
+    registry = Registry(stack_bucket)
+    meta = registry.record("ondata", 2)
+    assert meta.model_extra["change_check"]["source"] == fingerprint  # trained on the new listing
+    test = registry.membership("ondata", 2).digests("test")
+    assert "test" in meta.promotion.model_extra["comparisons"], meta.promotion.reason
+    compared = meta.promotion.model_extra["comparisons"]["test"]
+    assert compared["excluded"] == len([d for d in test if d in seen]) > 0
+    assert compared["images"] == len(test) - compared["excluded"]
+    assert meta.promotion.model_extra["production_version"] == 1
+
+
+def on_data_runs(stack: Stack) -> list[dict]:
+    return [r for r in flow_runs_of(stack, "retrain")
+            if r["deployment_id"] == deployment_id(stack, "retrain/on-data")]

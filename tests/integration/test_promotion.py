@@ -212,3 +212,40 @@ def test_a_golden_set_with_a_class_the_dataset_lacks_fails_before_training(bucke
     config = RetrainConfig(dataset=str(root), image_size=SIZE, model_name="mismatch", weights="none")
     with pytest.raises(DatasetError, match=r"golden set of mismatch .* has classes \['zebra'\]"):
         phases.download_dataset(config, logger=QUIET)
+
+
+def test_production_without_recorded_digests_is_matched_by_decoded_pixels(bucket, sample_dataset):
+    """A production registered before versions kept digests: what it trained on is found in its own
+    prepared copy, by the exact pixel hash, at its size; once that copy is gone it is unknown, and
+    production is compared on the whole test split with a warning in the reason."""
+    import keras
+
+    from transferflow import phases
+    from transferflow.data import PrepareOptions, prepare_dataset, read_membership
+    from transferflow.model import save_to
+
+    old = prepare_dataset(str(sample_dataset), PrepareOptions(SIZE, 0.1, 0.1, seed=42))
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax")])
+    uri = f"s3://{bucket}/staging/legacy.keras"
+    sha, size = save_to(model, uri)
+    metadata = {"classes": CLASSES, "image_size": SIZE, "dataset": {"fingerprint": old.fingerprint,
+                                                                    "prepared_uri": old.uri}}
+    Registry().register("legacy", uri, sha, size, metadata, "run-legacy")
+    Registry().promote("legacy", 1, "production", reason="registered before digests were kept")
+
+    # A larger test split: production's val band and part of its train band are in it.
+    config = RetrainConfig(dataset=str(sample_dataset), image_size=SIZE, model_name="legacy", weights="none",
+                           test_fraction=0.3)
+    dataset = phases.download_dataset(config, logger=QUIET)
+    evaluation = publishing.evaluate_model(config, dataset, uri, logger=QUIET)
+    decision = publishing.decide_promotion(config, dataset, evaluation, logger=QUIET)
+    seen = set(read_membership(old.membership).digests("train", "val"))
+    expected = [d for d in read_membership(dataset.membership).digests("test") if d in seen]
+    assert decision.comparisons["test"].excluded == len(expected) > 0, decision.reason
+    assert "matched by decoded pixels: it was registered before versions kept digests" in decision.reason
+
+    storage.delete_prefix(bucket, storage.parse_s3_uri(old.uri).key)  # its prepared copy is gone
+    unknown = publishing.decide_promotion(config, dataset, evaluation, logger=QUIET)
+    assert unknown.comparisons["test"].excluded is None
+    assert "production v1 has no record of the images it trained on" in unknown.reason

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import Lines
 from transferflow import phases, storage
 from transferflow.config import RetrainConfig
-from transferflow.data import load_prepared, prepare_dataset
+from transferflow.data import load_prepared, prepare_dataset, read_membership
 from transferflow.errors import DatasetError
 
 pytestmark = pytest.mark.slow
@@ -70,6 +70,7 @@ def test_ray_prepares_what_the_local_stage_prepares(ray_cluster, bucket, mixed_f
     assert (here.format, there.format) == ("npz", "tfrecord")
     for field in ("fingerprint", "class_names", "image_size", "split_origin", "counts", "leakage"):
         assert getattr(there, field) == getattr(here, field), field
+    assert read_membership(there.membership) == read_membership(here.membership)  # names, digests, order
     expected, found = pixels_in_order(here), pixels_in_order(there)
     assert found.keys() == expected.keys()
     for split in expected:

@@ -225,3 +225,72 @@ def test_the_chosen_metric_decides_where_accuracy_and_macro_f1_disagree():
     within = promotion_gate(PromotionRule(metric="macro_f1", tolerance=0.01, **loose), scored, CLASSES,
                             production)
     assert within.blessed, within.reason
+
+
+# ---------------------------------------------------------------- the comparison set
+
+
+def test_production_is_compared_only_on_images_it_never_trained_on():
+    from transferflow.comparison_set import comparison_set
+
+    digests = [f"d{i}" for i in range(60)]
+    seen = {f"d{i}" for i in range(0, 60, 4)}  # production trained on every 4th test image: 15 of them
+    # Production is right on the 15 it trained on and on 30 of the 45 others (45/60); the new version
+    # is wrong on those 15 and right on 40 of the 45 (40/60). On all 60 production would win.
+    champion = flipped({i: (LABELS[i] + 1) % 3 for i in range(60) if i % 4 == 1})
+    challenger = flipped({i: (LABELS[i] + 1) % 3 for i in range(60) if i % 4 == 0 or i % 4 == 1 and i < 20})
+    chosen = comparison_set(digests, seen)
+    decision = promotion_gate(PromotionRule(), {"test": answers(LABELS, challenger)}, CLASSES,
+                              Champion(3, CLASSES, {"test": answers(LABELS, champion)},
+                                       compared_on={"test": chosen}))
+    compared = decision.comparisons["test"]
+    assert compared.excluded == 15 and compared.images == 45
+    assert compared.champion["accuracy"] == 30 / 45 and compared.challenger["accuracy"] == 40 / 45
+    assert decision.production_accuracy == 30 / 45 and decision.blessed, decision.reason
+    assert ("production v3 compared on the 45 of 60 test images it never trained or validated on "
+            "(15 excluded)") in decision.reason
+    everything = promotion_gate(PromotionRule(), {"test": answers(LABELS, challenger)}, CLASSES,
+                                Champion(3, CLASSES, {"test": answers(LABELS, champion)}))
+    assert not everything.blessed  # the same answers, judged on all 60: production's seen images win
+
+
+def test_too_few_unseen_images_skip_the_comparison_and_mark_the_version_candidate():
+    from transferflow.comparison_set import ComparisonSet
+
+    chosen = ComparisonSet(keep=[0, 20, 40, 59], excluded=56)
+    decision = promotion_gate(PromotionRule(), {"test": answers(LABELS, LABELS)}, CLASSES,
+                              Champion(3, CLASSES, {"test": answers(LABELS, LABELS)},
+                                       compared_on={"test": chosen}))
+    assert decision.blessed and decision.action == "candidate"
+    assert decision.comparisons == {} and decision.production_accuracy is None
+    assert "only 4 of 60 test images are ones production v3 never trained or validated on (56 excluded), " \
+           "fewer than the 5 a comparison needs" in decision.reason
+    assert "marked candidate, not promoted" in decision.reason
+    stricter = promotion_gate(PromotionRule(mcnemar_alpha=0.01), {"test": answers(LABELS, LABELS)}, CLASSES,
+                              Champion(3, CLASSES, {"test": answers(LABELS, LABELS)},
+                                       compared_on={"test": ComparisonSet(list(range(6)), 54)}))
+    assert "fewer than the 7 a comparison needs" in stricter.reason  # 0.5**6 > 0.01: McNemar could not reject
+
+
+def test_production_without_recorded_digests_is_compared_on_everything_and_flagged():
+    from transferflow.comparison_set import comparison_set
+
+    decision = promotion_gate(PromotionRule(), {"test": answers(LABELS, LABELS)}, CLASSES,
+                              Champion(3, CLASSES, {"test": answers(LABELS, LABELS)},
+                                       compared_on={"test": comparison_set([f"d{i}" for i in range(60)],
+                                                                           None)}))
+    assert decision.comparisons["test"].images == 60 and decision.comparisons["test"].excluded is None
+    assert "production v3 has no record of the images it trained on" in decision.reason
+    assert "its score may be inflated" in decision.reason and decision.action == "promote"
+
+
+def test_a_class_left_without_unseen_images_is_named_and_its_recall_not_compared():
+    from transferflow.comparison_set import ComparisonSet
+
+    champion = answers(LABELS, LABELS)
+    challenger = answers(LABELS, flipped({i: 0 for i in range(40, 60)}))  # every fox wrong: only on seen ones
+    decision = promotion_gate(PromotionRule(), {"test": challenger}, CLASSES,
+                              Champion(3, CLASSES, {"test": champion},
+                                       compared_on={"test": ComparisonSet(list(range(40)), 20)}))
+    assert "no image of ['fox'] is left, so their recall is not compared" in decision.reason
+    assert decision.blessed, decision.reason

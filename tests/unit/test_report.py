@@ -174,3 +174,16 @@ def test_the_card_lists_verified_exports():
     card = model_card("zoo", 4, TrainingRecord.model_validate(meta))
     assert "## Exports" in card and "| onnx | `exports/onnx-0123.onnx` | 99.8% | 2.0e-06 |" in card
     assert "## Exports" not in model_card("zoo", 4, new_metadata())  # none registered: no section
+
+
+def test_the_excluded_count_is_in_the_report_the_card_and_models_diff():
+    meta = new_metadata()
+    decision = meta.promotion.model_dump()
+    decision["comparisons"]["test"]["excluded"] = 37
+    meta = meta.model_copy(update={"promotion": meta.promotion.model_validate(decision)})
+    expected = "Compared on 200 images; **37 excluded**: production trained or validated on them."
+    assert expected in run_report(meta, registration()) and expected in model_card("zoo", 4, meta)
+    facts = diff([("zoo:1", old_metadata()), ("zoo:4", json.loads(meta.model_dump_json()))])["promotion"]
+    assert facts == {"production_version": [None, 3], "test.images": [None, 200], "test.excluded": [None, 37],
+                     "action": ["promote", "none"]}
+    assert "excluded" not in run_report(new_metadata(), registration())  # not recorded: not shown

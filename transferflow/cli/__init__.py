@@ -10,6 +10,7 @@
     models    `models list|show|history|diff|pull|promote|rollback|delete|gc`
     predict   `predict`
     serve     `serve`: the HTTP server (transferflow.serving), TensorFlow imported once flags are checked
+    watch     `watch`: emit transferflow.dataset.changed when data lands (Prefect reached by name)
     _output   tables, cells and JSON
 """
 

@@ -22,8 +22,12 @@ from transferflow.errors import CLIError
 def add_dataset_commands(commands) -> None:
     datasets = commands.add_parser("datasets", help="inspect and fill the dataset store and mirror")
     dataset_commands = datasets.add_subparsers(dest="datasets_command", required=True)
-    add_list_and_show(dataset_commands, ("prepared datasets and mirrored sources", cmd_datasets_list),
-                      ("one dataset's prepared variants and mirror", cmd_datasets_show), "NAME|URI")
+    show = add_list_and_show(dataset_commands, ("prepared datasets and mirrored sources", cmd_datasets_list),
+                             ("one dataset's prepared variants and mirror", cmd_datasets_show), "NAME|URI")
+    show.add_argument("--splits", action="store_true",
+                      help="list every image of the newest prepared variant: name, class, digest, split")
+    show.add_argument("--fingerprint", metavar="PREFIX",
+                      help="with --splits: the variant of this fingerprint (a prefix is enough)")
     prefetch = dataset_commands.add_parser(
         "prefetch", help="download, mirror and prepare a dataset now",
         description="Download a dataset (on a machine with internet), copy it to the object-storage "
@@ -58,6 +62,8 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
 def cmd_datasets_show(args: argparse.Namespace) -> int:
     from transferflow import catalog
 
+    if args.splits:
+        return _show_splits(args)
     found = catalog.describe(storage.bucket_name(), args.reference)
     if args.json:
         print_json(found)
@@ -78,6 +84,23 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
               f"{entry['mirrored_at']})")
         for item in entry["files"]:
             print(f"  {item['uri']}")
+    return 0
+
+
+def _show_splits(args: argparse.Namespace) -> int:
+    """Every image of one prepared variant with its class, content digest and split."""
+    from transferflow import catalog
+
+    found = catalog.membership(storage.bucket_name(), args.reference, args.fingerprint)
+    if args.json:
+        print_json(found)
+        return 0
+    print(f"{found['name']}  fingerprint {found['fingerprint'][:12]}  ({found['manifest']})")
+    print_table(("SPLIT", "CLASS", "DIGEST", "NAME"),
+                [(row["split"] + ("*" if row["borrowed"] else ""), row["class"], (row["digest"] or "-")[:16],
+                  row["name"]) for row in found["images"]])
+    if any(row["borrowed"] for row in found["images"]):
+        print("* borrowed: its class had no image of its own in that split (see README, Datasets)")
     return 0
 
 

@@ -31,14 +31,16 @@ def add_subcommand(commands, name: str, handler, help_text: str) -> argparse.Arg
     return command
 
 
-def add_list_and_show(commands, listing: tuple[str, Any], showing: tuple[str, Any], metavar: str) -> None:
-    """`list` and `show REFERENCE`, both with --json: (help, handler) for each."""
+def add_list_and_show(commands, listing: tuple[str, Any], showing: tuple[str, Any],
+                      metavar: str) -> argparse.ArgumentParser:
+    """`list` and `show REFERENCE`, both with --json: (help, handler) for each. Returns `show`."""
     for name, (help_text, handler) in (("list", listing), ("show", showing)):
         command = commands.add_parser(name, help=help_text)
         if name == "show":
             command.add_argument("reference", metavar=metavar)
         command.add_argument("--json", action="store_true", help="print JSON")
         command.set_defaults(handler=handler)
+    return command
 
 
 def add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:

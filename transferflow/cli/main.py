@@ -14,6 +14,7 @@ from transferflow.cli.monitor import add_monitor_command
 from transferflow.cli.predict import add_predict_command
 from transferflow.cli.serve import add_serve_command
 from transferflow.cli.train import add_train_command, cmd_train
+from transferflow.cli.watch import add_watch_command
 from transferflow.errors import TransferflowError
 
 
@@ -48,4 +49,5 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_command(commands)
     add_serve_command(commands)
     add_monitor_command(commands)
+    add_watch_command(commands)
     return parser

@@ -161,6 +161,8 @@ def cmd_models_diff(args: argparse.Namespace) -> int:
     print_table((*header, "B-A"), [(f"{key} (lower is better)" if key.endswith(".ece") else key,
                                     cell(a), cell(b), delta(a, b))
                                    for key, (a, b) in diff["metrics"].items()])
+    print("promotion (test.excluded: images production had trained or validated on, left out):")
+    print_table(header, [(key, cell(a), cell(b)) for key, (a, b) in diff["promotion"].items()])
     return 0
 
 

@@ -35,6 +35,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     storage.ensure_bucket()
     tflogs.import_tensorflow(args.verbose)
     result = entry_point(TRAIN_ENTRY_POINT)(config)
+    if result.get("skipped"):
+        print(result["reason"])
+        return 0
     print(f"registered {result['name']} version {result['version']}")
     print(f"artifact   {result['artifact_uri']}")
     return 0

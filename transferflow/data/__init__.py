@@ -4,7 +4,8 @@ store.
     sources    where a dataset's files are: local, s3://, or a remote source to fetch or mirror
     layout     the class folders, the image files found, the folder's fingerprint
     decode     decoding and resizing images; image sizes from headers (image_size "auto")
-    splits     train/val/test carving and per-class counts
+    splits     train/val/test carving (by each image's content digest) and per-class counts
+    membership the sidecar listing every prepared image's name, class, digest and split
     store      the prepared copy in S3 (DatasetRef manifest, npz or TFRecord shards) and loading it
     leakage    exact and near duplicates between train and test, found while the images are written
     prepare    the stage itself: prepare_dataset
@@ -27,10 +28,12 @@ from transferflow.data.layout import (
     IMAGE_SUFFIXES,
     SPLITS,
     FolderScan,
+    file_digests,
     fingerprint_folder,
     scan_folder,
 )
 from transferflow.data.leakage import NEAR_BITS, LeakageReport, check_leakage, image_hashes
+from transferflow.data.membership import Membership, MembershipRef, read_membership
 from transferflow.data.prepare import PrepareOptions, Source, prepare_dataset
 from transferflow.data.sources import local_folder, remote_source, safe_join, source_signature
 from transferflow.data.splits import Items, carve_splits, class_counts, complete_splits
@@ -38,9 +41,9 @@ from transferflow.data.store import PREPARED_FORMAT, DatasetRef, PreparedDataset
 
 __all__ = [
     "ARCHIVE_SUFFIXES", "IMAGE_SUFFIXES", "NEAR_BITS", "PREPARED_FORMAT", "SPLITS", "DatasetRef",
-    "Decoded", "FolderScan", "Items", "LeakageReport", "PrepareOptions", "PreparedDataset", "Source",
-    "auto_image_size", "carve_splits", "check_leakage", "class_counts", "complete_splits",
-    "decode_images", "fingerprint_folder", "image_hashes", "image_shape", "jpeg_shape", "load_prepared",
-    "local_folder", "prepare_dataset", "ref_for", "remote_source", "resize_array", "safe_join",
-    "scan_folder", "source_signature",
+    "Decoded", "FolderScan", "Items", "LeakageReport", "Membership", "MembershipRef", "PrepareOptions",
+    "PreparedDataset", "Source", "auto_image_size", "carve_splits", "check_leakage", "class_counts",
+    "complete_splits", "decode_images", "file_digests", "fingerprint_folder", "image_hashes",
+    "image_shape", "jpeg_shape", "load_prepared", "local_folder", "prepare_dataset", "read_membership",
+    "ref_for", "remote_source", "resize_array", "safe_join", "scan_folder", "source_signature",
 ]

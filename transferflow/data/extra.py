@@ -35,6 +35,7 @@ class Extra:
     root: Path
     files: tuple[tuple[Path, str], ...]
     fingerprint: str
+    digests: tuple[str, ...] = ()  # each file's sha256 (hex): what its split is drawn from
 
     def describe(self) -> dict:
         return {"source": self.source, "fingerprint": self.fingerprint, "images": len(self.files)}
@@ -52,13 +53,14 @@ def find_extra(uri: str, logger=log) -> Extra:
     if not files:
         raise DatasetError(f"extra data {shown} holds no images in class folders (<class>/<image>.jpg); "
                            "label some first (feedback/NAME/labeled/<class>/), or leave --extra-data out")
-    digest = hashlib.sha256(b"transferflow-extra-v1\n")
+    digest, contents = hashlib.sha256(b"transferflow-extra-v1\n"), []
     for path, label in files:
         relative = path.relative_to(root).as_posix()
-        digest.update(f"{label}\0{relative}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+        contents.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        digest.update(f"{label}\0{relative}\0{contents[-1]}\n".encode())
     logger.info("extra data %s: %d images in %d classes", shown, len(files),
                 len({label for _, label in files}))
-    return Extra(shown, root, files, digest.hexdigest())
+    return Extra(shown, root, files, digest.hexdigest(), tuple(contents))
 
 
 def joined_fingerprint(fingerprint: str, extra: Extra | None) -> str:
@@ -77,7 +79,8 @@ def extra_items(extra: Extra, class_names: list[str], image_size: int) -> Items:
     paths = [path for path, _ in extra.files]
     labels = np.array([class_names.index(label) for _, label in extra.files], np.int32)
     return Items(labels, lambda positions: decode_images([paths[i] for i in positions], image_size),
-                 lambda i: f"{extra.source} {paths[i].relative_to(extra.root).as_posix()}")
+                 lambda i: f"{extra.source} {paths[i].relative_to(extra.root).as_posix()}",
+                 np.array(extra.digests, dtype=object))
 
 
 def with_extra_train(splits: dict[str, Items], extra: Extra, class_names: list[str], image_size: int) -> dict:
@@ -100,7 +103,9 @@ def concatenated(first: Items, second: Items) -> Items:
     def name(i: int) -> str:
         return first.name(i) if i < size else second.name(i - size)
 
-    return Items(np.concatenate([first.labels, second.labels]), load, name)
+    digests = (None if first.digests is None or second.digests is None
+               else np.concatenate([first.digests, second.digests]))
+    return Items(np.concatenate([first.labels, second.labels]), load, name, digests)
 
 
 def source_with(source, extra: Extra):

@@ -30,6 +30,7 @@ class FolderScan:
     ignored: int
     data_root: Path | None = None  # root, or the single folder an archive wrapped everything in
     unreadable: list[Path] = field(default_factory=list)  # symlinks whose target is missing
+    digests: dict[str, list[str]] | None = None  # split -> sha256 of each file's bytes (file_digests)
 
 
 def scan_folder(root: Path, label: str | None = None) -> FolderScan:
@@ -123,13 +124,22 @@ def _check_classes(root: Path, class_names: list[str], train: list[tuple[Path, i
                            "at least 2 class folders")
 
 
+def file_digests(scan: FolderScan) -> dict[str, list[str]]:
+    """The sha256 of every file's bytes, per split in scan order: read once, then kept on the scan
+    (they are the fingerprint's input and what each image's split is drawn from)."""
+    if scan.digests is None:
+        scan.digests = {split: [hashlib.sha256(path.read_bytes()).hexdigest() for path, _ in files]
+                        for split, files in scan.files.items()}
+    return scan.digests
+
+
 def fingerprint_folder(scan: FolderScan) -> str:
     """Content hash of the file list and bytes: same images, same fingerprint, whether they
     come as a folder, in an archive (with or without a wrapping folder) or from S3."""
     digest = hashlib.sha256(b"transferflow-folder-v1\n")
+    digests = file_digests(scan)
     for split in sorted(scan.files):
-        for path, label in scan.files[split]:
-            content = hashlib.sha256(path.read_bytes()).hexdigest()
+        for (path, label), content in zip(scan.files[split], digests[split], strict=True):
             relative = path.relative_to(scan.data_root or scan.root).as_posix()
             digest.update(f"{split}\0{scan.class_names[label]}\0{relative}\0{content}\n".encode())
     return digest.hexdigest()

@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from transferflow.data.decode import (
     resize_array,
 )
 from transferflow.data.extra import find_extra, joined_fingerprint, source_with
-from transferflow.data.layout import IMAGE_SUFFIXES, FolderScan, fingerprint_folder, scan_folder
+from transferflow.data.layout import IMAGE_SUFFIXES, FolderScan, file_digests, fingerprint_folder, scan_folder
 from transferflow.data.mirror import RemoteSource
 from transferflow.data.sources import extract_cached, local_folder, remote_source
 from transferflow.data.splits import Items, complete_splits
@@ -176,7 +177,8 @@ def _prepare_at(dataset: str, fingerprint: str, source: Source, options: Prepare
                      uri=f"s3://{bucket}/{prefix}/{variant}" + ("/" if stream else ".npz"),
                      class_names=class_names, image_size=options.image_size, split_origin=origin,
                      counts={}, format="tfrecord" if stream else "npz",
-                     extra=source.extra)
+                     extra=source.extra,
+                     created=datetime.now(UTC).isoformat(timespec="microseconds"))
     logger.info("decoding %d images in %d classes at %dpx%s", total, len(class_names), options.image_size,
                 " (streamed to sharded TFRecord: above stream_threshold_mb)" if stream else "")
     started = time.monotonic()
@@ -189,8 +191,9 @@ def _prepare_at(dataset: str, fingerprint: str, source: Source, options: Prepare
         bad.check(total, options.max_bad_fraction, ref.source, logger)
         _check_every_class_trains(ref)
     except DatasetError:
-        location = storage.parse_s3_uri(ref.uri)
-        storage.delete_prefix(location.bucket, location.key)  # shards never had a manifest: unseen
+        for uri in (ref.uri, *([ref.membership.uri] if ref.membership else [])):
+            location = storage.parse_s3_uri(uri)
+            storage.delete_prefix(location.bucket, location.key)  # shards never had a manifest: unseen
         raise
     storage.put_json(bucket, f"{prefix}/{variant}.json", ref.model_dump())  # last: data is complete
     logger.info("prepared %s: %s", ref.source, _summary(ref))
@@ -243,7 +246,8 @@ def _remote_builder(dataset: str, remote: RemoteSource, paths: list[Path], logge
             return arrays.plan(size)
         if any(x.shape[1] != size for x, _ in arrays.splits.values()):
             logger.info("resizing %s to %dpx", dataset, size)
-        return arrays.class_names, {split: _array_items(x, y, size)
+        digests = {split: array_digests(x) for split, (x, _) in arrays.splits.items()}
+        return arrays.class_names, {split: _array_items(x, y, size, split, digests[split])
                                     for split, (x, y) in arrays.splits.items()}
 
     def sizes():
@@ -255,22 +259,30 @@ def _remote_builder(dataset: str, remote: RemoteSource, paths: list[Path], logge
     return fingerprint, Source(plan, sizes)
 
 
-def _array_items(x: np.ndarray, y: np.ndarray, image_size: int) -> Items:
+def array_digests(x: np.ndarray) -> np.ndarray:
+    """The sha256 of each image's raw uint8 array at its native size: a built-in's content digest,
+    the same whatever size it is prepared at."""
+    return np.array([hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest() for image in x],
+                    dtype=object)
+
+
+def _array_items(x: np.ndarray, y: np.ndarray, image_size: int, split: str, digests: np.ndarray) -> Items:
     return Items(y.astype(np.int32), lambda p: Decoded(resize_array(x[p], image_size), []),
-                 lambda i: f"image {i}")
+                 lambda i: f"{split}/{i}", digests)
 
 
 def _folder_source(scan: FolderScan) -> Source:
     """The folder's splits as file lists and labels: nothing is decoded yet."""
     def plan(size: int):
-        splits = {}
+        splits, digests = {}, file_digests(scan)
         for split, files in scan.files.items():
             if files:
                 paths = [p for p, _ in files]
                 splits[split] = Items(
                     np.array([label for _, label in files], dtype=np.int32),
                     lambda positions, paths=paths: decode_images([paths[i] for i in positions], size),
-                    lambda i, paths=paths: paths[i].relative_to(scan.root).as_posix())
+                    lambda i, paths=paths: paths[i].relative_to(scan.root).as_posix(),
+                    np.array(digests[split], dtype=object))
         return scan.class_names, splits
 
     def sizes():

@@ -37,7 +37,7 @@ def remote_source(dataset: str) -> RemoteSource | None:
 
 def source_signature(dataset: str) -> str | None:
     """A cheap text that changes whenever the source's content may have: checksums for pinned
-    sources, object ETags for s3://, file sizes and times for local paths. None when only a
+    sources, object keys, ETags and sizes for s3://, file sizes and times for local paths. None when only a
     download can tell (an http(s) URL without #sha256=)."""
     remote = remote_source(dataset)
     if remote is not None:
@@ -46,7 +46,7 @@ def source_signature(dataset: str) -> str | None:
     if dataset.startswith("s3://"):
         location = storage.parse_s3_uri(dataset)
         for obj in storage.list_keys(location.bucket, location.key):
-            digest.update(f"{obj['Key']}\0{obj['ETag']}\n".encode())
+            digest.update(f"{obj['Key']}\0{obj['ETag']}\0{obj['Size']}\n".encode())
         return f"{dataset}#{digest.hexdigest()}"
     path = Path(dataset.removeprefix("file://")).expanduser()
     if not path.exists():

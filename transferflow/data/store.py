@@ -15,11 +15,13 @@ from transferflow.data import records
 from transferflow.data.decode import Decoded
 from transferflow.data.layout import SPLITS
 from transferflow.data.leakage import HashBook, LeakageReport
+from transferflow.data.membership import Members, MembershipRef
 from transferflow.data.splits import Items, class_counts
 from transferflow.errors import DatasetError
 
 STREAMED_SUFFIX = "-tfrecord"
-PREPARED_FORMAT = 3  # bump when the prepared layout changes, so old caches are not reused
+PREPARED_FORMAT = 4  # bump when the prepared layout changes, so old caches are not reused
+# 4: carved splits drawn from each image's content digest (stable as data grows), membership sidecar
 
 
 class DatasetRef(BaseModel):
@@ -37,6 +39,8 @@ class DatasetRef(BaseModel):
     shards: dict[str, list[str]] = {}  # tfrecord: split -> shard URIs
     leakage: LeakageReport | None = None  # test images duplicating train ones; None: prepared before
     extra: dict | None = None  # --extra-data: its source, fingerprint and images (data.extra), if any
+    membership: MembershipRef | None = None  # every image's split and digest; None: prepared before format 4
+    created: str | None = None  # when it was prepared (UTC, microseconds): the newest of a source's copies
 
 
 @dataclass
@@ -86,42 +90,55 @@ class Bad:
                        ", ".join(shown), more)
 
 
-def _loaded(items: Items, positions: np.ndarray, split: str, bad: Bad, hashes: HashBook):
+@dataclass
+class Books:
+    """What is gathered while a prepared dataset is written, besides the images themselves."""
+
+    bad: Bad
+    hashes: HashBook = field(default_factory=HashBook)  # for the leakage check
+    members: Members = field(default_factory=Members)  # for the membership sidecar
+
+
+def _loaded(items: Items, positions: np.ndarray, split: str, books: Books):
     """Decode the images at `positions`: (images, labels) of those that decoded, failures recorded
-    in `bad`, hashes (for the leakage check) in `hashes`."""
+    in `books.bad`, hashes and membership of the others in `books`."""
     decoded = items.load(positions)
-    labels = bad.add(items, decoded, positions)
-    hashes.add(split, decoded.images, np.delete(positions, decoded.bad), items.name)
+    labels = books.bad.add(items, decoded, positions)
+    kept = np.delete(positions, decoded.bad)
+    books.hashes.add(split, decoded.images, kept, items.name)
+    books.members.add(split, items, kept)
     return decoded.images, labels
 
 
 def write_npz(ref: DatasetRef, splits: dict[str, Items], bad: Bad) -> DatasetRef:
     """Decode every image into one .npz at ref.uri (its bucket is in the URI)."""
-    arrays, hashes = {}, HashBook()
+    arrays, books = {}, Books(bad)
     for split, items in splits.items():
-        arrays[split] = _loaded(items, np.arange(len(items.labels)), split, bad, hashes)
+        arrays[split] = _loaded(items, np.arange(len(items.labels)), split, books)
     prepared = PreparedDataset(ref.class_names, arrays)
     target = storage.parse_s3_uri(ref.uri)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "prepared.npz"
         prepared.save(path)
         storage.upload_file(path, target.bucket, target.key)
-    return ref.model_copy(update={"counts": prepared.counts(), "leakage": hashes.report()})
+    return ref.model_copy(update={"counts": prepared.counts(), "leakage": books.hashes.report(),
+                                  "membership": books.members.upload(ref.uri, ref.class_names)})
 
 
 def write_stream(ref: DatasetRef, splits: dict[str, Items], bad: Bad, bucket: str, logger) -> DatasetRef:
     """Decode chunk by chunk into shards: memory holds one chunk, whatever the dataset's size."""
     prefix = storage.parse_s3_uri(ref.uri).key.rstrip("/")
-    shards, counts, hashes = {}, {}, HashBook()
+    shards, counts, books = {}, {}, Books(bad)
     for split, items in splits.items():
         def chunks(items=items, split=split):
             chunk = records.chunk_images(ref.image_size)
             for positions in records.chunked(np.arange(len(items.labels)), chunk):
-                yield _loaded(items, positions, split, bad, hashes)
+                yield _loaded(items, positions, split, books)
 
         shards[split], labels = records.write_split(chunks(), bucket, prefix, split, logger)
         counts[split] = class_counts(labels, ref.class_names)
-    return ref.model_copy(update={"counts": counts, "shards": shards, "leakage": hashes.report()})
+    return ref.model_copy(update={"counts": counts, "shards": shards, "leakage": books.hashes.report(),
+                                  "membership": books.members.upload(ref.uri, ref.class_names)})
 
 
 def ref_for(prepared_uri: str) -> DatasetRef:

@@ -1,5 +1,6 @@
 """The local Prefect stack: a `prefect server` (SQLite, loopback), the cpu and gpu
-process work pools, one worker per pool, and the deployments in deployments/.
+process work pools, one worker per pool, the deployments in deployments/, and, when prefixes
+are given (--watch), the dataset watcher (`transferflow watch`) that starts retrain/on-data.
 
     python -m transferflow.devstack.stack up | down | status | server | pools | workers | deploy | ui | logs
 
@@ -41,6 +42,9 @@ class Stack:
     worker_env: dict[str, str] = field(default_factory=dict)  # extra settings for workers
     poll_seconds: int = 5  # how often workers ask for work
     remote_api_url: str | None = None  # a Prefect server elsewhere (workers, pools, deploy)
+    watch: list[str] = field(default_factory=list)  # s3:// prefixes the watcher lists
+    debounce_s: float = 600.0  # the watcher's quiet time before it announces a change
+    watch_interval_s: float = 30.0
 
     @property
     def api_url(self) -> str:
@@ -182,6 +186,31 @@ def deployments(stack: Stack) -> list[dict]:
     return [{**d, "flow_name": flows.get(d["flow_id"], "?")} for d in found]
 
 
+def start_watcher(stack: Stack) -> None:
+    """`transferflow watch` over stack.watch in the background (after deploy: the on-data trigger
+    must exist before the first event). Its state is in the bucket, so a restart loses nothing."""
+    if not stack.watch:
+        return
+    if daemons.read_pid(stack.pid_file("watch")):
+        print("watcher already running")
+        return
+    command = [sys.executable, "-m", "transferflow.cli", "watch", *stack.watch,
+               "--debounce", str(stack.debounce_s), "--interval", str(stack.watch_interval_s)]
+    log = stack.log_file("watch")
+    offset = log.stat().st_size if log.exists() else 0  # the log is appended to: only new lines count
+
+    def ready() -> bool:
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            return b"watching " in handle.read()
+
+    process = daemons.start_checked(command, what="transferflow watch", ready=ready, timeout=WORKER_TIMEOUT_S,
+                                    log_path=log, env=worker_env(stack), pid_file=stack.pid_file("watch"),
+                                    cwd=PROJECT_DIR)
+    print(f"watcher on {', '.join(stack.watch)}: debounce {stack.debounce_s:g}s (pid {process.pid}, "
+          f"log {log})")
+
+
 def up(stack: Stack) -> None:
     start_server(stack)
     create_pools(stack)
@@ -189,6 +218,7 @@ def up(stack: Stack) -> None:
     for pool in POOLS:
         start_worker(stack, pool)
     deploy(stack)
+    start_watcher(stack)
     print(f"\nPrefect UI: {stack.ui_url}\nTrigger a run:  make trigger PARAMS='{{\"dataset\": \"...\"}}'")
 
 
@@ -197,9 +227,10 @@ def down(stack: Stack) -> None:
         crashed = crash_active_runs(stack)
         if crashed:
             print(f"marked {crashed} unfinished flow run(s) Crashed: their workers stop now")
-    for name in ("worker-gpu", "worker-cpu", "server"):
+    for name in ("watch", "worker-gpu", "worker-cpu", "server"):
         pid = daemons.stop_pid_file(stack.pid_file(name))
-        print(f"stopped {name} (pid {pid})" if pid else f"{name} was not running")
+        if pid or name != "watch":  # the watcher runs only when prefixes were given
+            print(f"stopped {name} (pid {pid})" if pid else f"{name} was not running")
 
 
 def crash_active_runs(stack: Stack) -> int:
@@ -225,13 +256,17 @@ def status(stack: Stack) -> int:
         pid = daemons.read_pid(stack.pid_file(name))
         running += pid is not None
         print(f"{name:11} {f'running (pid {pid})' if pid else 'stopped'}")
+    watcher = daemons.read_pid(stack.pid_file("watch"))
+    print(f"{'watch':11} {f'running (pid {watcher})' if watcher else 'not started (make stack-up WATCH=s3://...)'}")
     print(f"UI          {stack.ui_url}")
     print(f"API         {stack.api_url}")
     return 0 if running == 3 else 1
 
 
 def logs(stack: Stack, lines: int = 40) -> None:
-    for name in ("server", "worker-cpu", "worker-gpu"):
+    for name in ("server", "worker-cpu", "worker-gpu", "watch"):
+        if name == "watch" and not stack.log_file(name).exists():
+            continue
         print(f"==> {stack.log_file(name)} <==")
         print("\n".join(daemons.tail(stack.log_file(name), 20000).splitlines()[-lines:]))
 
@@ -244,11 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool", choices=sorted(POOLS), help="for `worker`: the pool to poll")
     parser.add_argument("--home", type=Path, default=Path(".local/prefect"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PREFECT_PORT", "4200")))
+    parser.add_argument("--watch", nargs="*", default=[], metavar="s3://BUCKET/PREFIX/",
+                        help="for `up`: start the dataset watcher on these prefixes (retrain/on-data)")
+    parser.add_argument("--debounce", type=float, default=600.0, metavar="SECONDS",
+                        help="the watcher's quiet time after the last change (default 600)")
     args = parser.parse_args(argv)
     if args.action == "worker" and not args.pool:
         parser.error("worker needs --pool cpu or --pool gpu")
     remote = os.environ.get("PREFECT_API_URL") if args.action not in ("server", "up", "down") else None
-    stack = Stack(home=args.home, port=args.port, remote_api_url=remote or None)
+    stack = Stack(home=args.home, port=args.port, remote_api_url=remote or None,
+                  watch=[prefix for item in args.watch for prefix in item.split(",") if prefix],
+                  debounce_s=args.debounce)
     actions = {
         "up": up, "down": down, "server": start_server, "pools": create_pools, "deploy": deploy,
         "worker": lambda s: start_worker(s, args.pool), "logs": logs, "ui": lambda s: print(s.ui_url),

@@ -25,7 +25,21 @@ def diff(labelled: list[tuple[str, dict]]) -> dict:
         "parameters": {k: [pa.get(k), pb.get(k)] for k in sorted(pa.keys() | pb.keys())
                        if pa.get(k) != pb.get(k)},
         "metrics": {k: [ma.get(k), mb.get(k)] for k in sorted(ma.keys() | mb.keys(), key=_metric_order)},
+        "promotion": {key: [a, b] for key, a, b in zip(PROMOTION_FACTS, promotion_facts(meta_a),
+                                                       promotion_facts(meta_b), strict=True)},
     }
+
+
+PROMOTION_FACTS = ("production_version", "test.images", "test.excluded", "action")
+
+
+def promotion_facts(meta: dict) -> tuple:
+    """What each version was judged against: production's version, the test images both were
+    compared on, how many were excluded (production trained or validated on them), the outcome."""
+    promotion = meta.get("promotion") or {}
+    test = (promotion.get("comparisons") or {}).get("test") or {}
+    return (promotion.get("production_version"), test.get("images"), test.get("excluded"),
+            promotion.get("action"))
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

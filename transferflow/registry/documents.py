@@ -107,6 +107,7 @@ class DatasetLineage(Record):
     split_origin: Any = None
     counts: dict[str, dict[str, int]] = {}
     leakage: dict[str, Any] | None = None  # test images duplicated in train (data.leakage.LeakageReport)
+    membership: dict[str, Any] | None = None  # splits.json.gz in the version: {file, sha256, size, images}
 
 
 class Lineage(Record):

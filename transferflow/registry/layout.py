@@ -7,6 +7,8 @@
     models/<name>/versions/<000001>/exports/<format>-<sha256[:16]>.<suffix>
                                                    a portable export (ONNX, LiteRT), named by its
                                                    content; listed in metadata.json once verified
+    models/<name>/versions/<000001>/splits.json.gz the content digest and split of every image it
+                                                   trained, validated and was tested on
     models/<name>/versions/<000001>/metadata.json  written last, deleted first: a version exists
                                                    exactly while it does
     models/<name>/aliases/<alias>.json             {"version": N, ..., "history": [every move]},
@@ -26,6 +28,7 @@ from transferflow.errors import RegistryError
 MODELS = "models"
 ARTIFACT = "model.keras"
 METADATA = "metadata.json"
+MEMBERSHIP = "splits.json.gz"
 CLAIM = "claim.json"
 EXPORTS = "exports"
 # The portable formats (config.ExportFormat's values) and their file suffixes; "keras" is the artifact.

@@ -134,6 +134,19 @@ class Reads:
         log.debug("pulled %s:%d (%s) to %s (sha256 verified)", name, version, export, target)
         return target
 
+    def membership(self, name: str, version: int):
+        """The digests and splits of the images a version was trained, validated and tested on
+        (its splits.json.gz, sha256 checked); None for versions registered before they were kept."""
+        from transferflow.data.membership import MembershipRef, read_membership
+
+        record = self.record(name, version)
+        listed = record.dataset.membership if record is not None else None
+        if not listed:
+            return None
+        uri = f"s3://{self.bucket}/{ModelVersion(name, version, self.bucket).key(listed['file'])}"
+        return read_membership(MembershipRef(uri=uri, sha256=listed["sha256"], size=listed["size"],
+                                             images=listed.get("images", 0)))
+
     def _export_artifact(self, name: str, version: int, record: VersionMetadata, export: str) -> Artifact:
         """A listed export as an Artifact (where it is, its recorded size and sha256)."""
         listed = record.exports.get(export)

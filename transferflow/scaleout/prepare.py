@@ -104,7 +104,7 @@ class RayDecoder:
 
     def __call__(self, splits: dict[str, Items], image_size: int) -> dict[str, Items]:
         job = DecodeJob(self, splits, image_size)
-        return {split: Items(items.labels, functools.partial(job.take, split), items.name)
+        return {split: replace(items, load=functools.partial(job.take, split))  # names, digests kept
                 for split, items in splits.items()}
 
 
