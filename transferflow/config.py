@@ -201,8 +201,8 @@ class RetrainConfig(BaseModel):
     )
     checkpoint_every_steps: int = Field(
         0, ge=0, le=10**7,
-        description="Training checkpoints go to object storage after every epoch, or every this many "
-        "steps when > 0 (for long epochs); a retried phase resumes from the last one.",
+        description="Training checkpoints go to object storage at epoch ends (see checkpoint_interval_s), "
+        "or every this many steps when > 0 (for long epochs); a retried phase resumes from the last one.",
     )
     checkpoint_keep: int = Field(
         2, ge=1, le=100,
@@ -231,6 +231,13 @@ class RetrainConfig(BaseModel):
     training_timeout_minutes: int = Field(
         360, ge=1, le=7 * 24 * 60,
         description="A training phase running longer than this is cancelled and the run fails.",
+    )
+    checkpoint_interval_s: float = Field(
+        60.0, ge=0.0, le=86400.0,
+        description="A checkpoint is taken at the end of an epoch once this many seconds have passed "
+        "since the last one (0: after every epoch), so that sub-second epochs do not each pay for one; "
+        "a preempted phase loses at most this plus an epoch. checkpoint_every_steps > 0 counts steps "
+        "instead.",
     )
 
     @field_validator("dataset")

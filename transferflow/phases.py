@@ -249,7 +249,8 @@ def _fit_options(config: RetrainConfig, plan: ComputePlan, data, logger, on_epoc
     return dict(epochs=epochs, learning_rate=learning_rate, batch_size=plan.global_batch(config.batch_size),
                 patience=config.patience, seed=config.seed, logger=logger, on_epoch=on_epoch,
                 class_weight=class_weight, jit_compile=plan.jit_compile, checkpoint_uri=checkpoint_uri,
-                checkpoint_every_steps=config.checkpoint_every_steps, checkpoint_keep=config.checkpoint_keep)
+                checkpoint_every_steps=config.checkpoint_every_steps, checkpoint_keep=config.checkpoint_keep,
+                checkpoint_interval_s=config.checkpoint_interval_s)
 
 
 def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef, classifier, data,

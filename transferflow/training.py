@@ -182,13 +182,16 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
               on_epoch: Callable[[int, int], None] | None = None, schedule: str = "constant",
               class_weight: dict[int, float] | None = None, jit_compile: bool = False,
               checkpoint_uri: str | None = None, checkpoint_every_steps: int = 0,
-              checkpoint_keep: int = 2, checkpoint_scratch: bool = False) -> PhaseMetrics:
+              checkpoint_keep: int = 2, checkpoint_scratch: bool = False,
+              checkpoint_interval_s: float = 0.0, checkpoint_background: bool = True) -> PhaseMetrics:
     """Compile, fit with early stopping (best weights restored), then measure on val.
 
     `batch_size` is the global batch (all replicas together). With `checkpoint_uri`, the
-    phase checkpoints there every epoch (or every `checkpoint_every_steps` steps) and a new
-    attempt resumes from the last checkpoint at the step it was taken: it skips the batches
-    of that epoch already trained on, so it sees what an uninterrupted run sees.
+    phase checkpoints there at the end of an epoch once `checkpoint_interval_s` seconds have passed
+    since the last checkpoint (or every `checkpoint_every_steps` steps), and a new attempt resumes
+    from the last checkpoint at the step it was taken: it skips the batches of that epoch already
+    trained on, so it sees what an uninterrupted run sees.
+    `checkpoint_background`: a checkpoint's upload overlaps the next steps (else they wait for it).
     `checkpoint_scratch`: this process is a multi-worker strategy's non-chief worker, which
     resumes from the chief's checkpoints but writes its own to a discarded scratch folder.
     """
@@ -205,7 +208,8 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
 
         checkpoint = S3Checkpoint(checkpoint_uri, phase, seed, steps, checkpoint_every_steps,
                                   checkpoint_keep, early_stopping=stopper, logger=logger,
-                                  scratch=checkpoint_scratch)
+                                  scratch=checkpoint_scratch, interval_s=checkpoint_interval_s,
+                                  background=checkpoint_background)
         callbacks.append(checkpoint)  # after EarlyStopping: it restores that callback's state
         start = checkpoint.resume_point()
         if start[1]:  # first: it must undo its own stop before EarlyStopping decides

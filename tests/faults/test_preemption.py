@@ -57,8 +57,9 @@ PHASE = textwrap.dedent("""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     from transferflow import phases
     from transferflow.config import RetrainConfig
-    config = RetrainConfig(dataset=sys.argv[1], weights=sys.argv[2], head_epochs=6, patience=6,
-                           head_learning_rate=1e-2, batch_size=8, cache_features=False)
+    config = RetrainConfig(dataset=sys.argv[1], weights=sys.argv[2], image_size=32, head_epochs=6, patience=6,
+                           head_learning_rate=1e-2, batch_size=8, cache_features=False,
+                           checkpoint_interval_s=0)  # a checkpoint after every epoch, to be killed after
     log = logging.getLogger("phase")
     dataset = phases.download_dataset(config, logger=log)
     backbone = phases.build_backbone(config, logger=log)
