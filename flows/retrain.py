@@ -7,6 +7,7 @@ from prefect.runtime import flow_run
 
 from transferflow.config import RetrainConfig
 from transferflow.publishing import build_metadata
+from transferflow.timing import StageClock
 from transferflow_flows.naming import retrain_run_name
 from transferflow_tasks.backbone import build_backbone
 from transferflow_tasks.credentials import use_credentials_block
@@ -27,25 +28,39 @@ from transferflow_tasks.training import decide_fine_tune, run_phase
 @flow(name="retrain", flow_run_name=retrain_run_name,
       description="Transfer-learn an image classifier on a dataset and register it in S3.")
 def retrain(config: RetrainConfig = RetrainConfig()) -> dict:  # noqa: B008 (a frozen default)
+    clock = StageClock()  # where the time goes, stage by stage: in the metadata, the report and the CLI
     use_credentials_block()
     run_id = flow_run.id or uuid.uuid4().hex
-    check_storage()
-    check_inputs(config)
-    dataset = download_dataset(config)
-    backbone = build_backbone(config, dataset)
-    target = choose_training_target(config)
-    head = run_phase("head", target, config, dataset, run_id, backbone=backbone)
+    with clock("checks"):
+        check_storage()
+        check_inputs(config)
+    with clock("dataset"):
+        dataset = download_dataset(config)
+    with clock("backbone"):
+        backbone = build_backbone(config, dataset)
+        target = choose_training_target(config)
+    with clock("head"):
+        head = run_phase("head", target, config, dataset, run_id, backbone=backbone)
+    clock.split("head", "features", (head.metrics.get("features") or {}).get("seconds"))
     gate = decide_fine_tune(config, dataset, head)
-    fine = run_phase("fine_tune", target, config, dataset, run_id, head=head) if gate.passed else None
-    final, calibration = calibrate_model(config, dataset, fine.chosen if fine else head, run_id)
-    evaluation = evaluate_model(config, dataset, final.model_uri)
-    promotion = decide_promotion(config, dataset, evaluation)
-    savedmodel = export_model(final, run_id)
-    formats = export_formats(config, dataset, final, run_id) if config.export else {}
+    with clock("fine_tune"):
+        fine = run_phase("fine_tune", target, config, dataset, run_id, head=head) if gate.passed else None
+    with clock("calibration"):
+        final, calibration = calibrate_model(config, dataset, fine.chosen if fine else head, run_id)
+    with clock("evaluation"):
+        evaluation = evaluate_model(config, dataset, final.model_uri)
+    with clock("promotion"):
+        promotion = decide_promotion(config, dataset, evaluation)
+    with clock("export"):
+        savedmodel = export_model(final, run_id)
+        formats = export_formats(config, dataset, final, run_id) if config.export else {}
     metadata = build_metadata(config, dataset, backbone, head, gate, fine, evaluation, flow_run.id,
-                              promotion, savedmodel, calibration, final, formats)
-    registered = register_model(config, metadata, final, run_id)
-    registered = promote_model(config, registered, promotion)
-    announce_registration(metadata, registered)
-    publish_report(metadata, registered)
-    return registered.model_dump()  # a plain dict, as the flow's result has always been
+                              promotion, savedmodel, calibration, final, formats, clock.stages())
+    with clock("registration"):
+        registered = register_model(config, metadata, final, run_id)
+        registered = promote_model(config, registered, promotion)
+        announce_registration(metadata, registered)
+    with clock("report"):
+        publish_report(metadata, registered, clock.stages())
+    # a plain dict, as the flow's result has always been, with the run's timings
+    return {**registered.model_dump(), "timings": clock.stages()}

@@ -178,10 +178,11 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
                    head: PhaseOutcome, gate: GateDecision, fine: FineTuneOutcome | None,
                    evaluation: Evaluation, flow_run_id: str | None, promotion=None,
                    savedmodel: dict | None = None, calibration: Calibration | None = None,
-                   final: PhaseOutcome | None = None, formats: dict | None = None) -> TrainingRecord:
+                   final: PhaseOutcome | None = None, formats: dict | None = None,
+                   timings: dict | None = None) -> TrainingRecord:
     """Everything needed to know where a model came from and how good it is. `final` is the
     model registered (the calibrated one, when calibration was applied); `formats` the verified
-    exports of export_formats."""
+    exports of export_formats; `timings` the seconds per stage so far (timing.StageClock)."""
     from transferflow.data.downloads import redact
 
     final = final or (fine.chosen if fine else head)
@@ -217,6 +218,7 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         "lineage": {"flow_run_id": flow_run_id, "staged_model_uri": final.model_uri},
         "promotion": promotion.model_dump() if promotion is not None else None,
         "exports": {**({"savedmodel": savedmodel} if savedmodel else {}), **(formats or {})},
+        **({"timings": timings} if timings else {}),
     })
 
 

@@ -137,6 +137,7 @@ class TrainingRecord(Record):
     lineage: Lineage = Lineage()
     promotion: Decision | None = None
     exports: dict[str, Any] = {}
+    timings: dict[str, float] | None = None  # seconds per stage until the export (timing.StageClock)
 
     @property
     def test_accuracy(self) -> float | None:
