@@ -57,8 +57,9 @@ class RetrainConfig(BaseModel):
     image_size: int | Literal["auto"] = Field(
         "auto", json_schema_extra=_number_or_auto("integer", 32, 1024),
         description="Images are resized to this square size (pixels, 32-1024), or auto: the median "
-        "image's shorter side rounded to a multiple of 32, between the backbone's minimum and its "
-        "native size (224 for VGG16). Larger costs quadratically more compute.",
+        "image's shorter side rounded to a multiple of 32, between the size at which the backbone's last "
+        "block sees a 2x2 map (64 for VGG16: smaller photos are upscaled to it) and its native size "
+        "(224 for VGG16). Larger costs quadratically more compute.",
     )
     head_epochs: int = Field(
         50, ge=1, le=1000,

@@ -89,13 +89,14 @@ def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
 
 
 def prepare_options(config: RetrainConfig) -> PrepareOptions:
-    """The dataset stage's options; image_size "auto" is bounded by the backbone's sizes. Engine ray
-    always writes the streamed format (threshold 0), so the cache key says so too."""
+    """The dataset stage's options; image_size "auto" is bounded by the backbone's sizes (from the one
+    its last block sees a 2x2 map at, to its native one). Engine ray always writes the streamed format
+    (threshold 0), so the cache key says so too."""
     spec = backbones.get_spec(config.backbone)
     threshold = 0 if config.engine == "ray" else config.stream_threshold_mb
     return PrepareOptions(config.image_size, config.val_fraction, config.test_fraction, config.seed,
                           config.max_bad_image_fraction, threshold,
-                          auto_bounds=(spec.min_size, spec.native_size))
+                          auto_bounds=spec.auto_bounds())
 
 
 def dataset_cache_key(config: RetrainConfig) -> str | None:
@@ -124,7 +125,7 @@ def build_backbone(config: RetrainConfig, dataset: DatasetRef | None = None, log
     """
     spec = backbones.get_spec(config.backbone)
     weights_file = backbones.resolve_weights(config.weights)
-    size = dataset.image_size if dataset else (spec.min_size if config.image_size == "auto"
+    size = dataset.image_size if dataset else (spec.auto_bounds()[0] if config.image_size == "auto"
                                                else config.image_size)
     model = backbones.construct(spec, size, weights_file)
     sha = storage.sha256_file(weights_file) if weights_file not in (None, "imagenet") else None

@@ -47,7 +47,8 @@ def test_streamed_and_in_memory_paths_give_the_same_examples(bucket, sample_data
 
 
 def test_a_streamed_dataset_trains_and_evaluates(bucket, sample_dataset, random_weights):
-    config = RetrainConfig(dataset=str(sample_dataset), weights=str(random_weights), head_epochs=2,
+    config = RetrainConfig(dataset=str(sample_dataset), weights=str(random_weights),
+                           image_size=32, head_epochs=2,
                            head_learning_rate=1e-2, fine_tune_epochs=1, batch_size=16, stream_threshold_mb=0)
     quiet = logging.getLogger("test-streaming")
     dataset = phases.download_dataset(config, logger=quiet)
