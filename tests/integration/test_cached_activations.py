@@ -97,7 +97,7 @@ def settings(sample_dataset, random_weights, **overrides) -> RetrainConfig:
 
 def test_fine_tuning_trains_on_the_head_phases_activations_and_stages_the_whole_model(
         bucket, sample_dataset, random_weights, logger):
-    config = settings(sample_dataset, random_weights)
+    config = settings(sample_dataset, random_weights, fine_tune_epochs=2, patience=5)
     dataset, head, fine = run_phases(config, "run-a", logger)
     info = fine.tuned.metrics["activations"]
     assert head.metrics["features"]["activations"]["uri"] == info["uri"]  # computed in the features' pass
@@ -111,38 +111,39 @@ def test_fine_tuning_trains_on_the_head_phases_activations_and_stages_the_whole_
     staged = modeling.load_from(fine.tuned.model_uri)  # raw pixels in: the whole classifier
     images = load_prepared(dataset).splits["test"][0]
     assert staged.input_shape == (None, 32, 32, 3)
-    start = modeling.load_from(head.model_uri)
-    tuned_conv = staged.get_layer("backbone").get_layer("block5_conv3").get_weights()[0]
-    assert not np.allclose(tuned_conv, start.get_layer("backbone").get_layer("block5_conv3").get_weights()[0])
-    np.testing.assert_array_equal(staged.get_layer("backbone").get_layer("block3_conv3").get_weights()[0],
+    start, layer = modeling.load_from(head.model_uri), staged.get_layer("backbone").get_layer
+    assert not np.allclose(layer("block5_conv3").get_weights()[0],  # tuned
+                           start.get_layer("backbone").get_layer("block5_conv3").get_weights()[0])
+    np.testing.assert_array_equal(layer("block3_conv3").get_weights()[0],  # frozen
                                   start.get_layer("backbone").get_layer("block3_conv3").get_weights()[0])
     assert staged.predict(images, verbose=0).shape == (len(images), 3)
 
-    # another run (a retry, another learning rate) reads them from object storage
-    again = phases.fine_tune(config.model_copy(update={"fine_tune_learning_rate": 3e-5}), dataset, head,
-                             "run-b", logger=logger)
-    assert again.tuned.metrics["activations"]["source"] == "reused"
-    assert again.tuned.metrics["activations"]["uri"] == info["uri"]
-
-
-def test_a_resumed_fine_tune_on_activations_continues_from_its_checkpoint(
-        bucket, sample_dataset, random_weights, logger):
-    config = settings(sample_dataset, random_weights, fine_tune_epochs=2, patience=5)
-    dataset, head, first = run_phases(config, "run-a", logger)
-    assert first.tuned.metrics["epochs_run"] == 2
+    # a retry of the same run resumes from its checkpoint, on activations read from object storage
     longer = config.model_copy(update={"fine_tune_epochs": 3})
     resumed = phases.fine_tune(longer, dataset, head, "run-a", logger=logger)
+    assert resumed.tuned.metrics["activations"]["source"] == "reused"
+    assert resumed.tuned.metrics["activations"]["uri"] == info["uri"]
     assert resumed.tuned.metrics["resumed_from_epoch"] == 2
-    assert resumed.tuned.metrics["history"]["loss"][:2] == first.tuned.metrics["history"]["loss"]
+    assert resumed.tuned.metrics["history"]["loss"][:2] == fine.tuned.metrics["history"]["loss"]
+
+
+def test_with_augmentation_fine_tuning_runs_end_to_end_and_says_why(bucket, sample_dataset, random_weights,
+                                                                     logger):
+    _, _, fine = run_phases(settings(sample_dataset, random_weights, head_epochs=1, augment=True), "run-a",
+                            logger)
+    assert "activations" not in fine.tuned.metrics
+    assert any(line.startswith("fine-tuning input: augmentation is on, so every epoch sees new images")
+               for line in logger.lines)
 
 
 @pytest.mark.parametrize("overrides, reason", [
     ({"augment": True}, "augmentation is on"),
+    ({"cache_features": False}, "cache_features is off"),
+    ({"engine": "ray"}, "engine ray"),
     ({"fine_tune_blocks": "all"}, "every block is fine-tuned"),
+    ({"fine_tune_epochs": 0}, "no fine-tuning"),
 ])
-def test_without_a_frozen_unchanging_bottom_fine_tuning_runs_end_to_end_and_says_why(
-        bucket, sample_dataset, random_weights, logger, overrides, reason):
-    config = settings(sample_dataset, random_weights, head_epochs=1, **overrides)
-    _, _, fine = run_phases(config, "run-a", logger)
-    assert "activations" not in fine.tuned.metrics
-    assert any(line.startswith("fine-tuning input: " + reason) for line in logger.lines)
+def test_every_reason_to_fine_tune_end_to_end_is_named(overrides, reason):
+    config = RetrainConfig(dataset="unused", weights="none", **overrides)
+    cut, why = activations.wanted_cut(config, None, backbones.get_spec("vgg16"))
+    assert cut is None and why.startswith(reason)

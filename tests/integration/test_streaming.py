@@ -55,8 +55,13 @@ def test_a_streamed_dataset_trains_and_evaluates(bucket, sample_dataset, random_
     assert dataset.format == "tfrecord"
     backbone = phases.build_backbone(config, logger=quiet)
     head = phases.train_head(config, dataset, backbone, "run-s", logger=quiet)  # cached features
-    tuned = phases.fine_tune(config, dataset, head, "run-s", logger=quiet)  # end to end, streamed
+    tuned = phases.fine_tune(config, dataset, head, "run-s", logger=quiet)
     assert tuned.tuned.metrics["epochs_run"] == 1
+    # the top blocks trained on the frozen bottom's activations, too large (threshold 0) to hold:
+    # written as the head's feature pass computed them, streamed back from the store
+    cached = tuned.tuned.metrics["activations"]
+    assert cached["streamed"] and cached["source"] == "reused"
+    assert head.metrics["features"]["activations"]["streamed"]
     test = publishing.evaluate_model(config, dataset, tuned.chosen.model_uri, logger=quiet).test.metrics
     assert test["images"] == sum(dataset.counts["test"].values())
     assert len(test["confusion_matrix"]) == len(dataset.class_names)  # every metric, streamed too
