@@ -11,6 +11,7 @@ S3_ENV := .local/s3.env
 S3_PORT ?= 8333
 ARGS ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 PREFECT_PORT ?= 4200
 RAY_DIR := .local/ray
 RAY_WORKERS ?= 2
@@ -40,7 +41,7 @@ S3_CONFIGURED := $(strip $(AWS_ENDPOINT_URL)$(AWS_ENDPOINT_URL_S3)$(AWS_ACCESS_K
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: ARGS='--dataset DIR ...' (run, prefetch), DATASET (prefetch), PARAMS='{...}' DEPLOYMENT (trigger),"
-	@echo "             PYTEST_ARGS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui), MODEL (serve),"
+	@echo "             PYTEST_ARGS TEST_WORKERS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui), MODEL (serve),"
 	@echo "             RAY_WORKERS (ray-up)"
 
 venv: $(STAMP) ## create .venv and install transferflow with its dev tools
@@ -144,8 +145,8 @@ ray-down: ## stop the local Ray cluster; no process of it is left running
 ray-status: venv ## whether the local Ray cluster runs, and its RAY_ADDRESS
 	@$(BIN)/python -m transferflow.devstack.raycluster status --dir $(RAY_DIR)
 
-test: venv ## run the whole test suite (starts its own S3 and Prefect servers)
-	$(BIN)/pytest --durations=8 $(PYTEST_ARGS)
+test: venv ## run the whole test suite on TEST_WORKERS workers (each starts its own S3 and Prefect servers)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=8 $(PYTEST_ARGS)
 
 test-faults: venv ## the fault-injection suite: killed store and trainer, hostile inputs
 	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
