@@ -11,14 +11,17 @@ S3_ENV := .local/s3.env
 S3_PORT ?= 8333
 ARGS ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 PREFECT_PORT ?= 4200
 RAY_DIR := .local/ray
 RAY_WORKERS ?= 2
 DEMO_DIR := .local/demo
+# The demo's shapes are 32 px and its weights random: it trains at their own size (auto would
+# upscale small photos to 64 px for pretrained filters' sake, at 4x the compute).
 DEMO_ARGS := --dataset $(DEMO_DIR)/shapes --weights $(DEMO_DIR)/vgg16-random.weights.h5 \
-	--fine-tune-epochs 2
+	--image-size 32 --fine-tune-epochs 2
 DEMO_PARAMS := {"dataset": "$(CURDIR)/$(DEMO_DIR)/shapes", \
-	"weights": "$(CURDIR)/$(DEMO_DIR)/vgg16-random.weights.h5", "fine_tune_epochs": 2}
+	"weights": "$(CURDIR)/$(DEMO_DIR)/vgg16-random.weights.h5", "image_size": 32, "fine_tune_epochs": 2}
 # Without PARAMS, `make trigger` runs the offline demo configuration; PARAMS='{}' means
 # the production defaults (CIFAR-10 from its URL, ImageNet weights).
 PARAMS ?= $(DEMO_PARAMS)
@@ -45,7 +48,7 @@ help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: ARGS='--dataset DIR ...' (run, prefetch), DATASET (prefetch), PARAMS='{...}' DEPLOYMENT (trigger),"
 	@echo "             WATCH=s3://bucket/prefix/ WATCH_DEBOUNCE (stack-up),"
-	@echo "             PYTEST_ARGS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui), MODEL (serve),"
+	@echo "             PYTEST_ARGS TEST_WORKERS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui), MODEL (serve),"
 	@echo "             RAY_WORKERS (ray-up)"
 
 venv: $(STAMP) ## create .venv and install transferflow with its dev tools
@@ -149,8 +152,8 @@ ray-down: ## stop the local Ray cluster; no process of it is left running
 ray-status: venv ## whether the local Ray cluster runs, and its RAY_ADDRESS
 	@$(BIN)/python -m transferflow.devstack.raycluster status --dir $(RAY_DIR)
 
-test: venv ## run the whole test suite (starts its own S3 and Prefect servers)
-	$(BIN)/pytest --durations=8 $(PYTEST_ARGS)
+test: venv ## run the whole test suite on TEST_WORKERS workers (each starts its own S3 and Prefect servers)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=8 $(PYTEST_ARGS)
 
 test-faults: venv ## the fault-injection suite: killed store and trainer, hostile inputs
 	$(BIN)/pytest tests/faults $(PYTEST_ARGS)

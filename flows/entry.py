@@ -9,7 +9,7 @@ from transferflow.errors import ConfigError
 STARTUP_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 # Prefect waits 20 s for its temporary API server by default. On a busy 2-core machine (another
 # run starting, TensorFlow importing) it was seen to need more; a user's own value is kept.
-STARTUP_TIMEOUT_S = "90"
+STARTUP_TIMEOUT_S = "120"
 TIMED_OUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 
 

@@ -18,9 +18,10 @@ CURVE_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may li
 
 @task(name="publish_report", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
       retry_condition_fn=retry_transient)
-def publish_report(metadata: TrainingRecord, registered: Registration) -> None:
-    """The run's report in the UI: markdown summary, per-class table, model link, learning curve
-    and confusion matrix (PNGs in the bucket, shown through presigned links)."""
+def publish_report(metadata: TrainingRecord, registered: Registration, timings: dict | None = None) -> None:
+    """The run's report in the UI: markdown summary, where the time went (`timings`: every stage
+    until now), per-class table, model link, learning curve and confusion matrix (PNGs in the bucket,
+    shown through presigned links)."""
     name, version = registered.name, registered.version
     bucket, prefix = storage.bucket_name(), f"reports/{name}/{version:06d}"
     histories = [m.history for m in (metadata.metrics.head, metadata.metrics.fine_tune) if m is not None]
@@ -31,7 +32,7 @@ def publish_report(metadata: TrainingRecord, registered: Registration) -> None:
         confusion_url = _put_chart(bucket, f"{prefix}/confusion_matrix.png",
                                    confusion_matrix_png(test.confusion_matrix, metadata.classes))
     elapsed = _seconds_since_flow_start()
-    create_markdown_artifact(run_report(metadata, registered, curve_url, elapsed, confusion_url),
+    create_markdown_artifact(run_report(metadata, registered, curve_url, elapsed, confusion_url, timings),
                              key="retrain-report", description=f"{name} version {version}")
     rows = [{"class": cls, "precision": row.precision, "recall": row.recall, "f1": row.f1,
              "test_accuracy": row.accuracy, "images": row.support}

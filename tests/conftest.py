@@ -18,6 +18,21 @@ AWS_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS
             "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "TRANSFERFLOW_BUCKET")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), tests that share an expensive fixture
+    run on one worker: a test file's module-scoped servers (a Prefect test server, the deployment
+    stack) start once, and the engine ray tests share one Ray cluster. Unit tests, cheap and
+    independent, are spread one by one. Each worker has its own session S3 server on free ports."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
+        if parts[0] == "unit":
+            continue
+        group = "ray" if parts[0] == "scaleout" else "/".join(parts)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_environment(tmp_path_factory):
     """No test touches the user's AWS settings, cache or Prefect home."""

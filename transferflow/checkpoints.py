@@ -1,10 +1,13 @@
 """Training checkpoints in object storage, so a preempted or retried phase resumes exactly.
 
-`S3Checkpoint` saves, every epoch or every N steps, to s3://…/runs/<run_id>/checkpoints/<phase>/:
+`S3Checkpoint` saves, at the end of an epoch once `interval_s` seconds have passed since its last
+save (every epoch with 0), or every N steps, to s3://…/runs/<run_id>/checkpoints/<phase>/:
 the weights and optimizer state, the random state of the layers (dropout, augmentation), the
 running training metrics, the phase's history so far and the early-stopping state (best loss,
 patience used, best weights). The pointer `checkpoint.json` is written last, so it always names
 complete files; it says where training stood: `epoch` whole epochs and `step` batches of the next.
+What a checkpoint holds is read from the model at once; its upload runs in the background while
+training goes on, one at a time (the next save, and the end of training, wait for it).
 
 A new attempt with the same run id continues from there and sees what an uninterrupted run would
 have seen: an epoch's order depends only on (seed, epoch) (`training.train_batches`), so the
@@ -17,6 +20,8 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -60,9 +65,11 @@ class EndResumedEpoch(keras.callbacks.Callback):
 
 
 class S3Checkpoint(keras.callbacks.Callback):
-    """Checkpoints in object storage every epoch, or every `every_steps` steps (keeps the newest
+    """Checkpoints in object storage at an epoch's end once `interval_s` seconds have passed since
+    the last one (every epoch with 0), or every `every_steps` steps when that is set (keeps the newest
     `keep`); a new attempt resumes from the newest at the very step it was taken.
 
+    `background` (default): a save's upload overlaps the training that follows it.
     `scratch`: for a worker other than the chief of a multi-worker strategy. It resumes from the
     chief's checkpoints like the chief, and runs every save like the chief (reading some variables
     is a collective operation that all workers must join), but writes to a local scratch folder
@@ -71,7 +78,7 @@ class S3Checkpoint(keras.callbacks.Callback):
 
     def __init__(self, uri: str, phase: str, seed: int, steps_per_epoch: int, every_steps: int = 0,
                  keep: int = 2, early_stopping: keras.callbacks.EarlyStopping | None = None, logger=log,
-                 scratch: bool = False):
+                 scratch: bool = False, interval_s: float = 0.0, background: bool = True):
         super().__init__()
         self._local = tempfile.TemporaryDirectory(prefix="transferflow-ckpt-")
         self.scratch = scratch
@@ -85,6 +92,11 @@ class S3Checkpoint(keras.callbacks.Callback):
         self._start: ResumePoint | None = None
         self._position = ResumePoint()
         self._unsaved = 0  # steps since the last save
+        self.interval_s, self._saved_at = interval_s, time.monotonic()
+        self._uploads = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"checkpoint-{phase}")
+        self._upload: Future | None = None
+        self.background = background  # off: each save is uploaded before training goes on
+        self.saves = 0
         self._saved_metrics: list[np.ndarray] | None = None  # added after the first resumed batch
 
     # ---------------------------------------------------------------- restore
@@ -109,6 +121,7 @@ class S3Checkpoint(keras.callbacks.Callback):
         return ResumePoint(state["epoch"], step)
 
     def on_train_begin(self, logs=None):
+        self._saved_at = time.monotonic()
         start = self.resume_point()
         self._position, state = start, self._pointer
         if state is None:
@@ -182,34 +195,45 @@ class S3Checkpoint(keras.callbacks.Callback):
             if isinstance(value, (int, float, np.floating)):
                 self.history.setdefault(key, []).append(float(value))
         self._position = ResumePoint(epoch + 1, 0)
-        if not self.every_steps or self._unsaved >= self.every_steps:
+        due = (self._unsaved >= self.every_steps if self.every_steps
+               else time.monotonic() - self._saved_at >= self.interval_s)
+        if due:
             self._save_model()
 
     def _save_model(self) -> None:
+        """Read the checkpoint from the model now; upload it in the background, pointer last."""
+        self._wait()  # one upload at a time: the previous one is complete before this one starts
         epoch, step = self._position
         name = f"{self.phase}-e{epoch:04d}-s{step:06d}"  # sorts in training order, across attempts
-        bucket, prefix = self.location.bucket, self.location.key
         weights = Path(self._local.name) / "latest.weights.h5"
         self.model.save_weights(weights, overwrite=True)
-        if not self.scratch:  # a scratch worker has saved its weights, locally: that is all it writes
-            storage.upload_file(weights, bucket, f"{prefix}/{name}.weights.h5")
-        self._write(f"{name}.state.npz", self._state_arrays(mid_epoch=step > 0))
+        files = {f"{name}.state.npz": self._state_arrays(mid_epoch=step > 0)}
         state = {"phase": self.phase, "epoch": epoch, "step": step, "steps_per_epoch": self.steps_per_epoch,
                  "seed": self.seed, "weights": f"{name}.weights.h5", "state": f"{name}.state.npz",
-                 "history": self.history, "early_stopping": self._early_stopping_state(name)}
-        self._unsaved = 0
-        if self.scratch:
+                 "history": {k: list(v) for k, v in self.history.items()},
+                 "early_stopping": self._early_stopping_state(name, files)}
+        self._unsaved, self._saved_at, self.saves = 0, time.monotonic(), self.saves + 1
+        if self.scratch:  # a scratch worker has saved its weights, locally: that is all it writes
+            for file, data in files.items():
+                (Path(self._local.name) / f"scratch.{file.split('.', 1)[1]}").write_bytes(data)
             return
+        self._upload = self._uploads.submit(self._write_checkpoint, name, weights, files, state)
+        if not self.background:
+            self._wait()
+
+    def _write_checkpoint(self, name: str, weights: Path, files: dict[str, bytes], state: dict) -> None:
+        bucket, prefix = self.location.bucket, self.location.key
+        storage.upload_file(weights, bucket, f"{prefix}/{name}.weights.h5")
+        for file, data in files.items():
+            storage.put_bytes(bucket, f"{prefix}/{file}", data, "application/octet-stream")
         storage.put_json(bucket, f"{prefix}/{POINTER}", state)  # last: it names complete files
         self._prune(name)
 
-    def _write(self, name: str, data: bytes) -> None:
-        """One small checkpoint file: to object storage, or for a scratch worker to its local folder."""
-        if self.scratch:
-            (Path(self._local.name) / f"scratch.{name.split('.', 1)[1]}").write_bytes(data)
-            return
-        key = f"{self.location.key}/{name}"
-        storage.put_bytes(self.location.bucket, key, data, "application/octet-stream")
+    def _wait(self) -> None:
+        """Wait for the checkpoint being uploaded; its failure is this phase's failure."""
+        upload, self._upload = self._upload, None
+        if upload is not None:
+            upload.result()
 
     def _state_arrays(self, mid_epoch: bool) -> bytes:
         """The layers' random state, and mid-epoch the running metrics, as one .npz."""
@@ -223,7 +247,8 @@ class S3Checkpoint(keras.callbacks.Callback):
         np.savez(buffer, **arrays)
         return buffer.getvalue()
 
-    def _early_stopping_state(self, name: str) -> dict | None:
+    def _early_stopping_state(self, name: str, files: dict[str, bytes]) -> dict | None:
+        """EarlyStopping's state; its best weights join `files`."""
         stopper = self.early_stopping
         if stopper is None:
             return None
@@ -234,7 +259,7 @@ class S3Checkpoint(keras.callbacks.Callback):
             buffer = io.BytesIO()
             np.savez(buffer, **{f"w{i}": w for i, w in enumerate(stopper.best_weights)})
             state["best_weights"] = f"{name}.best.npz"
-            self._write(state["best_weights"], buffer.getvalue())
+            files[state["best_weights"]] = buffer.getvalue()
         return state
 
     def _prune(self, newest: str) -> None:
@@ -249,7 +274,11 @@ class S3Checkpoint(keras.callbacks.Callback):
                     storage.client().delete_object(Bucket=self.location.bucket, Key=key)
 
     def on_train_end(self, logs=None):
-        self._local.cleanup()
+        try:
+            self._wait()
+        finally:
+            self._uploads.shutdown(wait=True)
+            self._local.cleanup()
 
 
 def random_state(model: keras.Model) -> list:

@@ -57,8 +57,9 @@ class RetrainConfig(BaseModel):
     image_size: int | Literal["auto"] = Field(
         "auto", json_schema_extra=_number_or_auto("integer", 32, 1024),
         description="Images are resized to this square size (pixels, 32-1024), or auto: the median "
-        "image's shorter side rounded to a multiple of 32, between the backbone's minimum and its "
-        "native size (224 for VGG16). Larger costs quadratically more compute.",
+        "image's shorter side rounded to a multiple of 32, between the size at which the backbone's last "
+        "block sees a 2x2 map (64 for VGG16: smaller photos are upscaled to it) and its native size "
+        "(224 for VGG16). Larger costs quadratically more compute.",
     )
     head_epochs: int = Field(
         50, ge=1, le=1000,
@@ -201,8 +202,8 @@ class RetrainConfig(BaseModel):
     )
     checkpoint_every_steps: int = Field(
         0, ge=0, le=10**7,
-        description="Training checkpoints go to object storage after every epoch, or every this many "
-        "steps when > 0 (for long epochs); a retried phase resumes from the last one.",
+        description="Training checkpoints go to object storage at epoch ends (see checkpoint_interval_s), "
+        "or every this many steps when > 0 (for long epochs); a retried phase resumes from the last one.",
     )
     checkpoint_keep: int = Field(
         2, ge=1, le=100,
@@ -265,6 +266,13 @@ class RetrainConfig(BaseModel):
         description="Warm start: begin from this registered version (NAME@ALIAS or NAME:VERSION): its "
         "fine-tuned backbone and its head, instead of the pretrained weights and a new head. Needs the "
         "same classes, backbone and image size; refused before training otherwise.",
+    )
+    checkpoint_interval_s: float = Field(
+        60.0, ge=0.0, le=86400.0,
+        description="A checkpoint is taken at the end of an epoch once this many seconds have passed "
+        "since the last one (0: after every epoch), so that sub-second epochs do not each pay for one; "
+        "a preempted phase loses at most this plus an epoch. checkpoint_every_steps > 0 counts steps "
+        "instead.",
     )
 
     @field_validator("dataset")

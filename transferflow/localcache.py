@@ -71,6 +71,19 @@ def cached_download(uri: str) -> Path:
     return download_if_changed(location.bucket, location.key, target, info["ETag"].strip('"'))
 
 
+def keep_uploaded(path: Path, bucket: str, key: str) -> Path:
+    """Move a file this process just uploaded into the cache, stamped with the object's ETag, so that
+    a later stage of the run that reads the object (the next phase's model) does not download it."""
+    import shutil
+
+    info = storage.head(bucket, key)
+    target = cache_dir() / "s3" / bucket / key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(path, target)
+    target.with_name(target.name + ".etag").write_text(info["ETag"].strip('"'))
+    return target
+
+
 def download_if_changed(bucket: str, key: str, target: Path, etag: str) -> Path:
     """Download unless `target` is the copy stamped with this ETag (in <target>.etag) already;
     under the target's lock, so the copy and its stamp always belong together."""

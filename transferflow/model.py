@@ -231,8 +231,9 @@ def load_classifier(path: str) -> keras.Model:
 
 
 def save_to(model: keras.Model, uri: str) -> tuple[str, int]:
-    """Save a model as .keras to an s3:// URI; returns its (sha256, size)."""
-    from transferflow import storage
+    """Save a model as .keras to an s3:// URI; returns its (sha256, size). The file stays in the local
+    cache, so that the run's next stage loads it without downloading it again."""
+    from transferflow import localcache, storage
 
     location = storage.parse_s3_uri(uri)
     with tempfile.TemporaryDirectory() as tmp:
@@ -240,6 +241,7 @@ def save_to(model: keras.Model, uri: str) -> tuple[str, int]:
         model.save(path)
         digest, size = storage.sha256_file(path), path.stat().st_size
         storage.upload_file(path, location.bucket, location.key)
+        localcache.keep_uploaded(path, location.bucket, location.key)
     return digest, size
 
 

@@ -93,13 +93,14 @@ def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
 
 
 def prepare_options(config: RetrainConfig) -> PrepareOptions:
-    """The dataset stage's options; image_size "auto" is bounded by the backbone's sizes. Engine ray
-    always writes the streamed format (threshold 0), so the cache key says so too."""
+    """The dataset stage's options; image_size "auto" is bounded by the backbone's sizes (from the one
+    its last block sees a 2x2 map at, to its native one). Engine ray always writes the streamed format
+    (threshold 0), so the cache key says so too."""
     spec = backbones.get_spec(config.backbone)
     threshold = 0 if config.engine == "ray" else config.stream_threshold_mb
     return PrepareOptions(config.image_size, config.val_fraction, config.test_fraction, config.seed,
                           config.max_bad_image_fraction, threshold,
-                          auto_bounds=(spec.min_size, spec.native_size), extra_data=config.extra_data)
+                          auto_bounds=spec.auto_bounds(), extra_data=config.extra_data)
 
 
 def dataset_cache_key(config: RetrainConfig) -> str | None:
@@ -129,7 +130,7 @@ def build_backbone(config: RetrainConfig, dataset: DatasetRef | None = None, log
     """
     spec = backbones.get_spec(config.backbone)
     weights_file = backbones.resolve_weights(config.weights)
-    size = dataset.image_size if dataset else (spec.min_size if config.image_size == "auto"
+    size = dataset.image_size if dataset else (spec.auto_bounds()[0] if config.image_size == "auto"
                                                else config.image_size)
     model = backbones.construct(spec, size, weights_file)
     sha = storage.sha256_file(weights_file) if weights_file not in (None, "imagenet") else None
@@ -179,7 +180,11 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
                             "cached and the head trains end to end")
             standardize_features(classifier, data.splits["train"], options["batch_size"], logger)
             metrics = fit_phase(classifier, "head", data.splits["train"], data.splits["val"], **options)
-    return _stage(classifier, "head", config, run_id, metrics.as_dict() | extra, plan)
+    outcome = _stage(classifier, "head", config, run_id, metrics.as_dict() | extra, plan)
+    from transferflow.activations import settle
+
+    settle()  # the activations' upload overlapped the head's training; it ends with the phase
+    return outcome
 
 
 def standardize_features(classifier, train, batch_size: int, logger=log) -> None:
@@ -198,11 +203,12 @@ def standardize_features(classifier, train, batch_size: int, logger=log) -> None
 def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, run_id: str,
               logger=log, on_epoch=None) -> FineTuneOutcome:
     """Unfreeze the top blocks, train at a low rate, keep the result only if val did not drop
-    (engine ray: on the cluster)."""
+    (engine ray: on the cluster). Above a frozen bottom, on its cached activations when it can."""
     if config.engine == "ray":
         from transferflow.scaleout.training import fine_tune_on_ray
 
         return fine_tune_on_ray(config, dataset, head, run_id, logger, on_epoch)
+    from transferflow import activations
     from transferflow import model as modeling
     from transferflow.training import fit_phase
 
@@ -210,6 +216,7 @@ def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, ru
     trained_head = modeling.load_from(head.model_uri)
     data = load_prepared(dataset)
     plan = plan_for(config, logger)
+    extra = {}
     with compute_scope(plan):
         classifier = modeling.rebuild_classifier(trained_head)
         unfrozen = modeling.unfreeze_top_blocks(classifier, spec, config.fine_tune_blocks)
@@ -218,9 +225,24 @@ def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, ru
                     config.fine_tune_schedule)
         options = _fit_options(config, plan, data, logger, on_epoch, config.fine_tune_epochs,
                                config.fine_tune_learning_rate, checkpoint_prefix(run_id, "fine_tune"))
-        metrics = fit_phase(classifier, "fine_tune", data.splits["train"], data.splits["val"],
-                            schedule=config.fine_tune_schedule, **options)
-    tuned = _stage(classifier, "fine_tune", config, run_id, metrics.as_dict(), plan)
+        cut, why = activations.wanted_cut(config, classifier, spec)
+        logger.info("fine-tuning input: %s", why)
+        if cut is None:
+            metrics = fit_phase(classifier, "fine_tune", data.splits["train"], data.splits["val"],
+                                schedule=config.fine_tune_schedule, **options)
+        else:
+            models = activations.split_classifier(classifier, cut)
+            key = activations.ActivationKey(feature_key(config, dataset, plan), models.cut)
+            memory = activations.in_memory(dataset.counts, models.shape, config.stream_threshold_mb)
+            cached, upload = activations.for_fine_tune(key, models, data, options["batch_size"], memory,
+                                                       logger)
+            # the top shares the classifier's layers: training it trains the classifier
+            metrics = fit_phase(models.top, "fine_tune", cached.train, cached.val,
+                                schedule=config.fine_tune_schedule, **options)
+            if upload is not None:
+                upload.result()  # stored while the top trained
+            extra["activations"] = cached.info()
+    tuned = _stage(classifier, "fine_tune", config, run_id, metrics.as_dict() | extra, plan)
     tuned.metrics["unfrozen_layers"] = unfrozen
     kept = keep_fine_tuned(head.metrics["val_accuracy"], tuned.metrics["val_accuracy"])
     logger.info(kept.reason)
@@ -258,23 +280,34 @@ def _fit_options(config: RetrainConfig, plan: ComputePlan, data, logger, on_epoc
     return dict(epochs=epochs, learning_rate=learning_rate, batch_size=plan.global_batch(config.batch_size),
                 patience=config.patience, seed=config.seed, logger=logger, on_epoch=on_epoch,
                 class_weight=class_weight, jit_compile=plan.jit_compile, checkpoint_uri=checkpoint_uri,
-                checkpoint_every_steps=config.checkpoint_every_steps, checkpoint_keep=config.checkpoint_keep)
+                checkpoint_every_steps=config.checkpoint_every_steps, checkpoint_keep=config.checkpoint_keep,
+                checkpoint_interval_s=config.checkpoint_interval_s)
+
+
+def feature_key(config: RetrainConfig, dataset: DatasetRef, plan: ComputePlan,
+                weights_sha256: str | None = None):
+    """What the backbone's features (and activations) of this dataset are keyed by in object storage."""
+    import keras
+
+    from transferflow.features import FeatureKey, weights_identity
+
+    if weights_sha256 is None and config.weights not in ("imagenet", "none"):
+        weights_sha256 = storage.sha256_file(backbones.resolve_weights(config.weights))
+    return FeatureKey(dataset_uri=dataset.uri, dataset_fingerprint=dataset.fingerprint,
+                      backbone=config.backbone, image_size=dataset.image_size, precision=plan.precision,
+                      weights=weights_identity(config.weights, weights_sha256, config.seed)
+                      + (f"+init:{config.init_from}" if config.init_from else ""),  # a pinned NAME:VERSION
+                      keras=keras.__version__)
 
 
 def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef, classifier, data,
                   plan: ComputePlan, logger=log) -> tuple[dict, dict]:
     """The backbone's pooled features for train and val: from object storage when an earlier run
-    computed them for the same dataset, backbone, weights and image size, else computed and stored."""
-    import keras
+    computed them for the same dataset, backbone, weights and image size, else computed and stored
+    (with, in the same pass, the frozen bottom's activations that fine-tuning will train on)."""
+    from transferflow.features import load_features, save_features
 
-    from transferflow.features import FeatureKey, load_features, save_features, weights_identity
-    from transferflow.training import extract_features
-
-    key = FeatureKey(dataset_uri=dataset.uri, dataset_fingerprint=dataset.fingerprint,
-                     backbone=backbone.name, image_size=dataset.image_size, precision=plan.precision,
-                     weights=weights_identity(config.weights, backbone.weights_sha256, config.seed)
-                     + (f"+init:{config.init_from}" if config.init_from else ""),  # a pinned NAME:VERSION
-                     keras=keras.__version__)
+    key = feature_key(config, dataset, plan, backbone.weights_sha256)
     stored = load_features(key)
     if stored is not None and {"train", "val"} <= set(stored):
         logger.info("reusing backbone features from %s (same dataset, backbone, weights and size)",
@@ -288,13 +321,36 @@ def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: Backbone
                                                plan.global_batch(config.batch_size), config.num_workers,
                                                config.gpus_per_worker, logger)
     else:
-        splits = {name: data.splits[name] for name in ("train", "val")}
-        features = extract_features(classifier, splits, plan.global_batch(config.batch_size))
+        features, activations = _local_features(config, dataset, key, classifier, data, plan, logger)
+        info.update({"activations": activations} if activations else {})
     uri = save_features(key, features)
     seconds = time.monotonic() - started
     logger.info("backbone features computed once for %d train + %d val images (%.1fs), stored at %s; "
                 "training the head on them", len(features["train"]), len(features["val"]), seconds, uri)
     return features, {"source": "computed", "uri": uri, "seconds": round(seconds, 2), **info}
+
+
+def _local_features(config: RetrainConfig, dataset: DatasetRef, key, classifier, data, plan: ComputePlan,
+                    logger) -> tuple[dict, dict | None]:
+    """Pooled features; when fine-tuning will train above a frozen bottom whose activations are not
+    stored yet, those too, from the same pass (the bottom is the larger part of the backbone's work)."""
+    from transferflow import activations
+    from transferflow.training import extract_features
+
+    splits = {name: data.splits[name] for name in ("train", "val")}
+    batch = plan.global_batch(config.batch_size)
+    cut, _ = activations.wanted_cut(config, classifier, backbones.get_spec(config.backbone))
+    if cut is not None:
+        activation_key = activations.ActivationKey(key, activations.cut_layer(cut))
+        if activations.stored_manifest(activation_key) is None:
+            models = activations.split_classifier(classifier, cut)
+            memory = activations.in_memory(dataset.counts, models.shape, config.stream_threshold_mb)
+            features, cached, _ = activations.compute(activation_key, models, splits, batch, memory, logger,
+                                                      hand=True)
+            logger.info("the activations of %s for fine-tuning came from the same pass (%s, %s), stored "
+                        "at %s", models.cut, cached.dtype, "in memory" if memory else "streamed", cached.uri)
+            return features, cached.info()
+    return extract_features(classifier, splits, batch), None
 
 
 def _stage(classifier, phase: str, config: RetrainConfig, run_id: str, metrics: dict,

@@ -231,11 +231,13 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
                    evaluation: Evaluation, flow_run_id: str | None, promotion=None,
                    savedmodel: dict | None = None, calibration: Calibration | None = None,
                    final: PhaseOutcome | None = None, formats: dict | None = None,
-                   reference: dict | None = None, change_check=None) -> TrainingRecord:
+                   reference: dict | None = None, change_check=None,
+                   timings: dict | None = None) -> TrainingRecord:
     """Everything needed to know where a model came from and how good it is. `final` is the
     model registered (the calibrated one, when calibration was applied); `formats` the verified
     exports of export_formats; `reference` the staged monitoring reference of stage_reference;
-    `change_check` the cheap signature a later if_changed run compares."""
+    `change_check` the cheap signature a later if_changed run compares; `timings` the seconds per
+    stage so far (timing.StageClock)."""
     from transferflow.data.downloads import redact
 
     final = final or (fine.chosen if fine else head)
@@ -275,6 +277,7 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
         "exports": {**({"savedmodel": savedmodel} if savedmodel else {}), **(formats or {})},
         "monitoring": {"reference": reference} if reference else {},
         "change_check": change_check.model_dump() if change_check is not None else None,
+        **({"timings": timings} if timings else {}),
     })
 
 

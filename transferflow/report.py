@@ -24,10 +24,13 @@ def number(value: float | None, digits: int = 3) -> str:
 
 
 def run_report(metadata: TrainingRecord, registered: Registration, curve_url: str | None = None,
-               elapsed_s: float | None = None, confusion_url: str | None = None) -> str:
-    """The run's report: what was registered, how good it is, why it was (not) promoted, charts."""
+               elapsed_s: float | None = None, confusion_url: str | None = None,
+               timings: dict | None = None) -> str:
+    """The run's report: what was registered, how good it is, where the time went (`timings`, else
+    the metadata's), why it was (not) promoted, charts."""
     metrics = metadata.metrics
     lines = _summary(metadata, registered) + _phase_table(metadata, elapsed_s)
+    lines += timings_lines(timings or metadata.timings)
     lines += ["", "## Metrics", *metrics_table(metrics.test, metrics.golden)]
     lines += calibration_lines(metrics.calibration)
     lines += [line for line in (golden_line(metrics.golden), leakage_line(metadata.dataset.leakage)) if line]
@@ -63,6 +66,19 @@ def _phase_table(metadata: TrainingRecord, elapsed_s: float | None) -> list[str]
     if elapsed_s is not None:
         lines.append(f"| whole run | | | {elapsed_s:.0f} |")
     return lines + cluster_lines(metadata.training)
+
+
+def timings_lines(timings: dict | None) -> list[str]:
+    """Where the run's wall time went, stage by stage (metadata written before timings: nothing)."""
+    from transferflow.timing import table
+
+    if not timings:
+        return []
+    lines = ["", "## Where the time went", "", "| stage | seconds | share |", "|---|---|---|"]
+    lines += [f"| {label} | {seconds:.1f} | {share:.0%} |" for label, seconds, share in table(timings)]
+    if "total" in timings:
+        lines.append(f"| whole run (start-up to now) | {timings['total']:.1f} | |")
+    return lines
 
 
 def cluster_lines(training: dict) -> list[str]:

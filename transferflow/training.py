@@ -34,6 +34,7 @@ class PhaseMetrics:
     history: dict[str, list[float]] = field(default_factory=dict)
     resumed_from_epoch: int | None = None  # set when a checkpoint of an earlier attempt was used
     class_weight: dict[str, float] | None = None  # the loss weight of each class index, if balanced
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time of each epoch this attempt ran
 
     def as_dict(self) -> dict:
         return {"resumed_from_epoch": self.resumed_from_epoch,
@@ -41,6 +42,7 @@ class PhaseMetrics:
             "val_accuracy": self.val_accuracy, "val_loss": self.val_loss,
             "train_accuracy": self.train_accuracy, "seconds": round(self.seconds, 2),
             "history": self.history, "class_weight": self.class_weight,
+            "epoch_seconds": [round(s, 3) for s in self.epoch_seconds],
         }
 
 
@@ -56,6 +58,7 @@ class ProgressLog(keras.callbacks.Callback):
         super().__init__()
         self.logger, self.phase, self.epochs, self.steps, self.every_s = logger, phase, epochs, steps, every_s
         self.on_epoch = on_epoch
+        self.epoch_seconds: list[float] = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = self.last = time.monotonic()
@@ -71,8 +74,9 @@ class ProgressLog(keras.callbacks.Callback):
         self.epoch = epoch + 1
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items())
                             if isinstance(v, (int, float)) and k != "learning_rate")
+        self.epoch_seconds.append(time.monotonic() - self.epoch_started)
         self.logger.info("%s epoch %d/%d (%.1fs): %s", self.phase, epoch + 1, self.epochs,
-                         time.monotonic() - self.epoch_started, metrics)
+                         self.epoch_seconds[-1], metrics)
         if self.on_epoch is not None:
             self.on_epoch(epoch + 1, self.epochs)
 
@@ -182,13 +186,16 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
               on_epoch: Callable[[int, int], None] | None = None, schedule: str = "constant",
               class_weight: dict[int, float] | None = None, jit_compile: bool = False,
               checkpoint_uri: str | None = None, checkpoint_every_steps: int = 0,
-              checkpoint_keep: int = 2, checkpoint_scratch: bool = False) -> PhaseMetrics:
+              checkpoint_keep: int = 2, checkpoint_scratch: bool = False,
+              checkpoint_interval_s: float = 0.0, checkpoint_background: bool = True) -> PhaseMetrics:
     """Compile, fit with early stopping (best weights restored), then measure on val.
 
     `batch_size` is the global batch (all replicas together). With `checkpoint_uri`, the
-    phase checkpoints there every epoch (or every `checkpoint_every_steps` steps) and a new
-    attempt resumes from the last checkpoint at the step it was taken: it skips the batches
-    of that epoch already trained on, so it sees what an uninterrupted run sees.
+    phase checkpoints there at the end of an epoch once `checkpoint_interval_s` seconds have passed
+    since the last checkpoint (or every `checkpoint_every_steps` steps), and a new attempt resumes
+    from the last checkpoint at the step it was taken: it skips the batches of that epoch already
+    trained on, so it sees what an uninterrupted run sees.
+    `checkpoint_background`: a checkpoint's upload overlaps the next steps (else they wait for it).
     `checkpoint_scratch`: this process is a multi-worker strategy's non-chief worker, which
     resumes from the chief's checkpoints but writes its own to a discarded scratch folder.
     """
@@ -197,15 +204,16 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
     # recompile: `trainable` may have changed
     compile_for(model, learning_rate_for(schedule, learning_rate, steps, epochs), jit_compile)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
-    callbacks = [keras.callbacks.TerminateOnNaN(), stopper,
-                 ProgressLog(logger, phase, epochs, steps, on_epoch=on_epoch)]
+    progress = ProgressLog(logger, phase, epochs, steps, on_epoch=on_epoch)
+    callbacks = [keras.callbacks.TerminateOnNaN(), stopper, progress]
     checkpoint, start = None, (0, 0)
     if checkpoint_uri:
         from transferflow.checkpoints import EndResumedEpoch, S3Checkpoint
 
         checkpoint = S3Checkpoint(checkpoint_uri, phase, seed, steps, checkpoint_every_steps,
                                   checkpoint_keep, early_stopping=stopper, logger=logger,
-                                  scratch=checkpoint_scratch)
+                                  scratch=checkpoint_scratch, interval_s=checkpoint_interval_s,
+                                  background=checkpoint_background)
         callbacks.append(checkpoint)  # after EarlyStopping: it restores that callback's state
         start = checkpoint.resume_point()
         if start[1]:  # first: it must undo its own stop before EarlyStopping decides
@@ -231,6 +239,7 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
         history={k: [round(float(v), 5) for v in vals] for k, vals in history.items()},
         resumed_from_epoch=checkpoint.resumed_from if checkpoint is not None else None,
         class_weight={str(c): round(w, 5) for c, w in class_weight.items()} if class_weight else None,
+        epoch_seconds=progress.epoch_seconds,
     )
 
 

@@ -52,13 +52,42 @@ def test_a_retried_phase_resumes_from_its_checkpoint(bucket):
     assert len([k for k in kept if k.endswith(".weights.h5")]) == 2  # checkpoint_keep
 
 
+def test_checkpoints_follow_the_time_cadence_and_a_failed_upload_fails_the_phase(bucket, monkeypatch):
+    from types import SimpleNamespace
+
+    from transferflow import checkpoints
+
+    train, val = learnable(20, 0), learnable(5, 1)
+    settings = dict(epochs=4, learning_rate=0.05, batch_size=8, patience=10, seed=0,
+                    logger=logging.getLogger("cadence"), checkpoint_interval_s=60)
+    fit_phase(head(), "head", train, val, checkpoint_uri=f"s3://{bucket}/runs/r1/checkpoints/head", **settings)
+    assert list(storage.list_keys(bucket, "runs/r1/")) == []  # sub-second epochs: none paid for
+
+    ticks = iter(range(0, 10_000, 40))  # a clock on which 40 s pass between two readings
+    monkeypatch.setattr(checkpoints, "time", SimpleNamespace(monotonic=lambda: float(next(ticks))))
+    fit_phase(head(), "head", train, val, checkpoint_uri=f"s3://{bucket}/runs/r2/checkpoints/head", **settings)
+    kept = sorted(o["Key"].rsplit("/", 1)[1] for o in storage.list_keys(bucket, "runs/r2/checkpoints/head/")
+                  if o["Key"].endswith(".weights.h5"))
+    assert kept == ["head-e0002-s000000.weights.h5", "head-e0004-s000000.weights.h5"]  # once 60 s passed
+    assert storage.get_json(bucket, f"runs/r2/checkpoints/head/{POINTER}")[0]["epoch"] == 4
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("the store refused the checkpoint")
+
+    monkeypatch.setattr(checkpoints.storage, "put_json", refused)  # in the background upload
+    with pytest.raises(RuntimeError, match="the store refused the checkpoint"):
+        fit_phase(head(), "head", train, val, checkpoint_uri=f"s3://{bucket}/runs/r3/checkpoints/head",
+                  **{**settings, "checkpoint_interval_s": 0})
+
+
 PHASE = textwrap.dedent("""
     import logging, sys
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     from transferflow import phases
     from transferflow.config import RetrainConfig
-    config = RetrainConfig(dataset=sys.argv[1], weights=sys.argv[2], head_epochs=6, patience=6,
-                           head_learning_rate=1e-2, batch_size=8, cache_features=False)
+    config = RetrainConfig(dataset=sys.argv[1], weights=sys.argv[2], image_size=32, head_epochs=6, patience=6,
+                           head_learning_rate=1e-2, batch_size=8, cache_features=False,
+                           checkpoint_interval_s=0)  # a checkpoint after every epoch, to be killed after
     log = logging.getLogger("phase")
     dataset = phases.download_dataset(config, logger=log)
     backbone = phases.build_backbone(config, logger=log)

@@ -25,8 +25,8 @@ def test_train_then_list_and_show(bucket, sample_dataset, random_weights, tmp_pa
     assert golden.returncode == 0, golden.stderr[-3000:]
     assert "cli-model golden set: 90 images in 3 classes" in golden.stdout
     trained = run_cli("train", "--dataset", dataset, "--weights", f"s3://{bucket}/w/vgg16.weights.h5",
-                      "--head-epochs", "2", "--fine-tune-epochs", "1", "--model-name", "cli-model",
-                      "--batch-size", "16", env=env)
+                      "--image-size", "32", "--head-epochs", "2", "--fine-tune-epochs", "1", "--model-name",
+                      "cli-model", "--batch-size", "16", env=env)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "registered cli-model version 1" in trained.stdout
     assert f"s3://{bucket}/models/cli-model/versions/000001/model.keras" in trained.stdout
@@ -37,6 +37,10 @@ def test_train_then_list_and_show(bucket, sample_dataset, random_weights, tmp_pa
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     assert skipped.stdout.splitlines()[-1].startswith(
         "skipped: the dataset and the training configuration are those of cli-model:1 ("), skipped.stdout
+    timings = trained.stdout.split("time per stage:")[1]  # where the run's time went, printed last
+    for stage in ("start-up (Python, checks, TensorFlow)", "Prefect start", "dataset", "fine-tuning",
+                  "registration", "whole run"):
+        assert f"  {stage} " in timings, stage
 
     listed = run_cli("models", "list")
     assert listed.returncode == 0

@@ -115,7 +115,7 @@ def test_manual_run_trains_on_the_gpu_pool_and_registers(stack, stack_bucket, sa
     storage.upload_file(random_weights, stack_bucket, "weights/vgg16.weights.h5")
     dataset = upload_folder(sample_dataset, stack_bucket, "sources/shapes")
     config = {"dataset": dataset, "weights": f"s3://{stack_bucket}/weights/vgg16.weights.h5",
-              "head_epochs": 4, "head_learning_rate": 0.01, "fine_tune_epochs": 1,
+              "image_size": 32, "head_epochs": 4, "head_learning_rate": 0.01, "fine_tune_epochs": 1,
               "fine_tune_gate": 0.0, "batch_size": 16, "model_name": "stack-model"}
     parent = wait_final(stack, create_run(stack, "retrain/manual", {"config": config})["id"])
     assert parent["state_type"] == "COMPLETED", parent["state"]
@@ -158,7 +158,8 @@ def test_cancelling_the_parent_cancels_the_training_child(stack, stack_bucket, s
     # A child that trains for minutes: the backbone every epoch, a tiny learning rate so
     # val_loss keeps improving (no early stop).
     config = {"dataset": upload_folder(sample_dataset, stack_bucket, "sources/shapes"),
-              "weights": f"s3://{stack_bucket}/weights/vgg16.weights.h5", "head_epochs": 1000,
+              "weights": f"s3://{stack_bucket}/weights/vgg16.weights.h5", "image_size": 32,
+              "head_epochs": 1000,
               "head_learning_rate": 1e-6, "patience": 100, "cache_features": False,
               "fine_tune_epochs": 0, "batch_size": 8, "model_name": "cancelled"}
     parent = create_run(stack, "retrain/manual", {"config": config})

@@ -34,7 +34,8 @@ def shapes(s3_server, sample_dataset, random_weights):
         bucket = f"test-{uuid.uuid4().hex[:12]}"
         patch.setenv("TRANSFERFLOW_BUCKET", bucket)
         storage.ensure_bucket(bucket)
-        config = RetrainConfig(dataset=str(sample_dataset), weights=str(random_weights), head_epochs=3,
+        config = RetrainConfig(dataset=str(sample_dataset), weights=str(random_weights),
+                           image_size=32, head_epochs=3,
                                head_learning_rate=1e-2, batch_size=16, model_name="shapes", export=["onnx"])
         dataset = phases.download_dataset(config, logger=QUIET)
         backbone = phases.build_backbone(config, logger=QUIET)

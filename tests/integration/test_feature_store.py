@@ -34,7 +34,8 @@ def head_run(config: RetrainConfig, run_id: str, logger) -> phases.PhaseOutcome:
 
 
 def config_for(sample_dataset, random_weights, **overrides) -> RetrainConfig:
-    return RetrainConfig(**{"dataset": str(sample_dataset), "weights": str(random_weights), "head_epochs": 2,
+    return RetrainConfig(**{"dataset": str(sample_dataset), "weights": str(random_weights), "image_size": 32,
+                            "head_epochs": 2,
                             "head_learning_rate": 1e-2, "batch_size": 16, **overrides})
 
 

@@ -33,7 +33,7 @@ def s3_inputs(bucket, sample_dataset, random_weights):
 
 
 def learnable_config(dataset: str, weights: str, **overrides) -> RetrainConfig:
-    settings = dict(dataset=dataset, weights=weights, head_epochs=8, head_learning_rate=1e-2,
+    settings = dict(dataset=dataset, weights=weights, image_size=32, head_epochs=8, head_learning_rate=1e-2,
                     fine_tune_epochs=1, fine_tune_gate=0.0, batch_size=16, patience=3, seed=1)
     return RetrainConfig(**{**settings, **overrides})
 
@@ -49,8 +49,14 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     result = retrain(config=config)
 
     registry = Registry()
+    timings = result.pop("timings")  # where the run's time went, stage by stage
     assert result == {"name": "shapes-vgg16", "version": 1, "aliases": ["latest", "production"],
                       "artifact_uri": f"s3://{bucket}/models/shapes-vgg16/versions/000001/model.keras"}
+    stages = ["checks", "dataset", "backbone", "features", "head", "fine_tune", "calibration",
+              "evaluation", "promotion", "export", "registration", "report", "total"]
+    timings.pop("prefect_start", None)  # counted by a process's first flow only: not this test's
+    assert list(timings) == stages and all(seconds >= 0 for seconds in timings.values())
+    assert timings["total"] >= sum(timings[s] for s in stages[:-1]) - 0.1
     assert registry.alias("shapes-vgg16", "latest")["version"] == 1
     meta = registry.metadata("shapes-vgg16", 1)
     assert meta["parameters"] == config.model_dump(mode="json")
@@ -62,6 +68,8 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     assert meta["metrics"]["fine_tune"]["epochs_run"] == 1
     assert meta["lineage"]["flow_run_id"]
     assert {"tensorflow", "keras", "prefect", "boto3", "numpy"} <= set(meta["library_versions"])
+    recorded = set(meta["timings"]) - {"prefect_start"}  # (stored with sorted keys)
+    assert recorded == {*stages[:stages.index("registration")], "total"}  # until the export
     key = "models/shapes-vgg16/versions/000001/model.keras"
     assert storage.object_sha256(bucket, key) == (meta["artifact"]["sha256"], meta["artifact"]["size"])
     assert meta["metrics"]["test"]["accuracy"] >= 0.6, meta["metrics"]["test"]  # chance is 1/3
@@ -87,6 +95,7 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     artifacts = artifacts_of(meta["lineage"]["flow_run_id"])
     report = artifacts["retrain-report"][0].data
     assert "shapes-vgg16 version 1" in report and "`latest`" in report and "**Gate:**" in report
+    assert "## Where the time went" in report and "| registration |" in report
     assert "**Promotion:**" in report and "no production version yet" in report
     assert meta["exports"]["savedmodel"]["signature"] == "serving_default"
     assert "![learning curve](http" in report and "X-Amz-Expires=604800" in report

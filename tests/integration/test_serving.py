@@ -18,7 +18,8 @@ QUIET = logging.getLogger("test-serving")
 @pytest.fixture
 def registered(bucket, sample_dataset, random_weights):
     """A real model trained briefly on the sample shapes, registered the way the flow does it."""
-    config = RetrainConfig(dataset=str(sample_dataset), weights=str(random_weights), head_epochs=3,
+    config = RetrainConfig(dataset=str(sample_dataset), weights=str(random_weights),
+                           image_size=32, head_epochs=3,
                            head_learning_rate=1e-2, batch_size=16, model_name="shapes",
                            promote_min_accuracy=0.0)
     dataset = phases.download_dataset(config, logger=QUIET)

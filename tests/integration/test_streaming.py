@@ -47,15 +47,21 @@ def test_streamed_and_in_memory_paths_give_the_same_examples(bucket, sample_data
 
 
 def test_a_streamed_dataset_trains_and_evaluates(bucket, sample_dataset, random_weights):
-    config = RetrainConfig(dataset=str(sample_dataset), weights=str(random_weights), head_epochs=2,
+    config = RetrainConfig(dataset=str(sample_dataset), weights=str(random_weights),
+                           image_size=32, head_epochs=2,
                            head_learning_rate=1e-2, fine_tune_epochs=1, batch_size=16, stream_threshold_mb=0)
     quiet = logging.getLogger("test-streaming")
     dataset = phases.download_dataset(config, logger=quiet)
     assert dataset.format == "tfrecord"
     backbone = phases.build_backbone(config, logger=quiet)
     head = phases.train_head(config, dataset, backbone, "run-s", logger=quiet)  # cached features
-    tuned = phases.fine_tune(config, dataset, head, "run-s", logger=quiet)  # end to end, streamed
+    tuned = phases.fine_tune(config, dataset, head, "run-s", logger=quiet)
     assert tuned.tuned.metrics["epochs_run"] == 1
+    # the top blocks trained on the frozen bottom's activations, too large (threshold 0) to hold:
+    # written as the head's feature pass computed them, streamed back from the store
+    cached = tuned.tuned.metrics["activations"]
+    assert cached["streamed"] and cached["source"] == "reused"
+    assert head.metrics["features"]["activations"]["streamed"]
     test = publishing.evaluate_model(config, dataset, tuned.chosen.model_uri, logger=quiet).test.metrics
     assert test["images"] == sum(dataset.counts["test"].values())
     assert len(test["confusion_matrix"]) == len(dataset.class_names)  # every metric, streamed too

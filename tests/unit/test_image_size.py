@@ -36,3 +36,15 @@ def test_image_headers_give_height_and_width_without_decoding(tmp_path):
 def _bmp_header(width: int, height: int) -> bytes:
     return (b"BM" + bytes(16) + width.to_bytes(4, "little") + height.to_bytes(4, "little", signed=True)
             + bytes(8))
+
+
+def test_auto_upscales_photos_below_the_size_where_the_last_block_sees_a_2x2_map():
+    from transferflow.backbones import BACKBONES, MIN_FINAL_MAP, get_spec
+
+    assert get_spec("vgg16").auto_bounds() == (64, 224)
+    assert get_spec("xception").auto_bounds() == (71, 299)  # its own minimum is higher
+    for spec in BACKBONES.values():
+        low, high = spec.auto_bounds()
+        assert low // spec.total_stride >= MIN_FINAL_MAP and low >= spec.min_size and high == spec.native_size
+    assert auto_image_size([32] * 10, *get_spec("vgg16").auto_bounds()) == 64  # CIFAR-sized photos
+    assert auto_image_size([100] * 10, *get_spec("vgg16").auto_bounds()) == 96  # their own size

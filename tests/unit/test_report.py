@@ -187,3 +187,34 @@ def test_the_excluded_count_is_in_the_report_the_card_and_models_diff():
     assert facts == {"production_version": [None, 3], "test.images": [None, 200], "test.excluded": [None, 37],
                      "action": ["promote", "none"]}
     assert "excluded" not in run_report(new_metadata(), registration())  # not recorded: not shown
+
+
+def test_the_report_shows_where_the_time_went_stage_by_stage():
+    timings = {"startup": 6.0, "prefect_start": 12.5, "dataset": 20.0, "features": 30.0, "head": 2.0,
+               "fine_tune": 100.0, "calibration": 3.0, "evaluation": 4.0, "export": 5.0, "total": 190.0}
+    meta = new_metadata().model_copy(update={"timings": timings})
+    report = run_report(meta, registration())
+    assert "## Where the time went" in report
+    assert "| Prefect start | 12.5 | 7% |" in report and "| fine-tuning | 100.0 | 53% |" in report
+    assert "| whole run (start-up to now) | 190.0 | |" in report
+    later = run_report(meta, registration(), timings={**timings, "registration": 1.5, "total": 192.0})
+    assert "| registration | 1.5 | 1% |" in later  # the report's own, more complete timings win
+    assert "Where the time went" not in run_report(new_metadata(), registration())  # none recorded
+
+
+def test_the_stage_clock_counts_each_stage_and_moves_the_features_out_of_the_head():
+    from transferflow.timing import STAGES, StageClock, mark_handover
+
+    mark_handover()  # as `transferflow train` does before it starts the flow
+    clock = StageClock()
+    assert {"startup", "prefect_start"} <= set(clock.seconds)  # from this process's start (Linux /proc)
+    assert "startup" not in StageClock().seconds  # a later flow in the same process: no start-up of its own
+    with clock("head"):
+        sum(range(200_000))
+    head = clock.seconds["head"]
+    clock.split("head", "features", head / 4)
+    stages = clock.stages()
+    assert stages["features"] == pytest.approx(head / 4, abs=0.01)
+    assert stages["head"] == pytest.approx(3 * head / 4, abs=0.01)
+    assert list(stages) == [s for s in STAGES if s in stages] + ["total"]
+    assert stages["total"] >= stages["startup"] + stages["prefect_start"] + head - 0.01

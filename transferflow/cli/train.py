@@ -8,6 +8,7 @@ import importlib
 from transferflow import storage, tflogs
 from transferflow.cli.flags import add_config_flags, add_verbose_flag, config_values, parse_config
 from transferflow.preflight import preflight
+from transferflow.timing import mark_handover, table
 
 # The Prefect wiring of `train` lives in flows/entry.py; the CLI reaches it only by this name.
 TRAIN_ENTRY_POINT = "transferflow_flows.entry:train_here"
@@ -34,10 +35,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     preflight(config, as_flags=True)
     storage.ensure_bucket()
     tflogs.import_tensorflow(args.verbose)
+    mark_handover()
     result = entry_point(TRAIN_ENTRY_POINT)(config)
     if result.get("skipped"):
         print(result["reason"])
         return 0
     print(f"registered {result['name']} version {result['version']}")
     print(f"artifact   {result['artifact_uri']}")
+    if result.get("timings"):
+        print_timings(result["timings"])
     return 0
+
+
+def print_timings(timings: dict) -> None:
+    """Where the run's time went, one stage a line, at the end of `transferflow train`."""
+    print("time per stage:")
+    for label, seconds, share in table(timings):
+        print(f"  {label:38} {seconds:7.1f} s  {share:4.0%}")
+    print(f"  {'whole run':38} {timings.get('total', 0.0):7.1f} s")

@@ -138,9 +138,11 @@ def auto_image_size(shorter_sides: list[int], low: int, high: int) -> int:
     """image_size "auto": the median image's shorter side, rounded to a multiple of 32 (the
     backbones downsample by 32, so other sizes waste border pixels), within [low, high].
 
-    Upscaling small images adds no detail and costs compute; downscaling far below the photos
-    throws away what pretrained filters need. `high` is the backbone's native size: above it
-    the cost grows quadratically for little gain. Without readable headers: `high`.
+    Downscaling far below the photos throws away what pretrained filters need. Upscaling adds no
+    detail, but `low` (BackboneSpec.auto_bounds: where the last block sees a 2x2 map) is worth it:
+    below it, that block sees a single window, and its pretrained filters transfer worse. `high` is
+    the backbone's native size: above it the cost grows quadratically for little gain. Without
+    readable headers: `high`.
     """
     if not shorter_sides:
         return high

@@ -4,7 +4,8 @@ Each split is written as `<split>-NNNNN.tfrecord` shards of at most SHARD_BYTES,
 tf.train.Examples with the raw uint8 pixels and the label, plus `<split>-labels.npy` (the
 labels alone, small, for class counts and class weights). Training reads the shards from
 the local cache with parallel interleave and parse, a bounded shuffle buffer and prefetch,
-so memory stays flat however many images there are.
+so memory stays flat however many images there are. The same shards hold other arrays too
+(a StreamSplit with `shape` and `dtype`): the backbone's cached activations (activations.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,13 +35,19 @@ class StreamSplit:
     shards: list[str]  # s3:// URIs
     labels: np.ndarray
     image_size: int
+    shape: tuple[int, ...] | None = None  # of one row, when not an image (size, size, 3)
+    dtype: str = "uint8"
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape) if self.shape else (self.image_size, self.image_size, 3)
+
     def shuffle_buffer(self) -> int:
-        """Images in the shuffle buffer: bounded in bytes, so memory does not grow with the data."""
-        return min(len(self), max(1024, SHUFFLE_BYTES // (self.image_size**2 * 3)))
+        """Rows in the shuffle buffer: bounded in bytes, so memory does not grow with the data."""
+        row_bytes = int(np.prod(self.row_shape())) * np.dtype(self.dtype).itemsize
+        return min(len(self), max(1024, SHUFFLE_BYTES // row_bytes))
 
     def local_shards(self) -> list[str]:
         """The shards in the local cache (downloaded once, reused while their ETag holds)."""
@@ -79,26 +86,30 @@ class StreamSplit:
     def _batches(self, records, batch_size: int):
         import tensorflow as tf
 
-        size = self.image_size
+        size, shape, dtype = self.image_size, self.row_shape(), self.dtype
         records = records.apply(tf.data.experimental.assert_cardinality(len(self)))  # Keras knows the steps
-        parsed = records.map(lambda r: parse_record(r, size), num_parallel_calls=tf.data.AUTOTUNE)
+        parsed = records.map(lambda r: parse_record(r, size, shape, dtype),
+                             num_parallel_calls=tf.data.AUTOTUNE)
         return parsed.batch(batch_size)
 
 
-def parse_record(record, size: int):
-    """One serialized example as (float32 pixels, int32 label), as training and features read it."""
+def parse_record(record, size: int, shape: tuple[int, ...] | None = None, dtype: str = "uint8"):
+    """One serialized example as (float32 pixels, int32 label), as training and features read it;
+    with `shape` and `dtype`, a row of another array (cached activations) as float32."""
     import tensorflow as tf
 
     parsed = tf.io.parse_single_example(record, {"image": tf.io.FixedLenFeature([], tf.string),
                                                  "label": tf.io.FixedLenFeature([], tf.int64)})
-    image = tf.reshape(tf.io.decode_raw(parsed["image"], tf.uint8), (size, size, 3))
-    return tf.cast(image, tf.float32), tf.cast(parsed["label"], tf.int32)
+    row = tf.reshape(tf.io.decode_raw(parsed["image"], tf.dtypes.as_dtype(dtype)), shape or (size, size, 3))
+    return tf.cast(row, tf.float32), tf.cast(parsed["label"], tf.int32)
 
 
 def write_split(chunks: Iterable[tuple[np.ndarray, np.ndarray]], bucket: str, prefix: str, split: str,
-                logger=log) -> tuple[list[str], np.ndarray]:
+                logger=log, on_shard: Callable[[Path, str], None] | None = None
+                ) -> tuple[list[str], np.ndarray]:
     """Write (images, labels) chunks as shards under s3://bucket/prefix/; returns the shard URIs
-    and all labels. Only one shard is held on local disk at a time, and one chunk in memory."""
+    and all labels. Only one shard is held on local disk at a time, and one chunk in memory.
+    `on_shard(path, uri)` sees each shard's local file once it is uploaded (to hash it, say)."""
     import tensorflow as tf
 
     uris, labels = [], []
@@ -113,12 +124,12 @@ def write_split(chunks: Iterable[tuple[np.ndarray, np.ndarray]], bucket: str, pr
                 written += image.nbytes
                 if written >= SHARD_BYTES:
                     writer.close()
-                    uris.append(_upload(path, bucket, prefix))
+                    uris.append(_upload(path, bucket, prefix, on_shard))
                     writer = None
             labels.append(chunk_labels)
         if writer is not None:
             writer.close()
-            uris.append(_upload(path, bucket, prefix))
+            uris.append(_upload(path, bucket, prefix, on_shard))
     all_labels = np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32)
     buffer = io.BytesIO()
     np.save(buffer, all_labels, allow_pickle=False)
@@ -136,10 +147,12 @@ def _example(image: np.ndarray, label: int) -> bytes:
     })).SerializeToString()
 
 
-def _upload(path: Path, bucket: str, prefix: str) -> str:
+def _upload(path: Path, bucket: str, prefix: str, on_shard=None) -> str:
     key = f"{prefix}/{path.name}"
     storage.upload_file(path, bucket, key)
-    path.unlink()
+    if on_shard is not None:
+        on_shard(path, f"s3://{bucket}/{key}")  # it may keep the file (localcache.keep_uploaded)
+    path.unlink(missing_ok=True)
     return f"s3://{bucket}/{key}"
 
 

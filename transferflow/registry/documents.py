@@ -139,6 +139,7 @@ class TrainingRecord(Record):
     promotion: Decision | None = None
     exports: dict[str, Any] = {}
     monitoring: dict[str, Any] = {}  # {"reference": {file, sha256, size, ...}}: transferflow.monitoring
+    timings: dict[str, float] | None = None  # seconds per stage until the export (timing.StageClock)
 
     @property
     def test_accuracy(self) -> float | None:

@@ -67,7 +67,11 @@ def _options(config: RetrainConfig, plan, data, relay: WorkerRelay, epochs: int,
     on_epoch = relay.on_epoch if relay.rank == 0 else None
     options = _fit_options(config, plan, data, relay.logger, on_epoch, epochs, learning_rate,
                            settings["checkpoint_uri"])
-    return {**options, "checkpoint_scratch": relay.rank != 0}
+    # every epoch: all workers must take the same saves (reading variables is a collective), and
+    # each worker's clock would decide on its own; uploaded before training goes on, so that a
+    # replaced worker group finds every epoch's checkpoint but the last complete
+    return {**options, "checkpoint_scratch": relay.rank != 0, "checkpoint_interval_s": 0.0,
+            "checkpoint_background": False}
 
 
 def _classifier(config: RetrainConfig, backbone: BackboneRef, dataset: DatasetRef):
