@@ -95,9 +95,9 @@ def main() -> None:
                     (work / tag).mkdir()
                     results[side].append(run(split, weights, f"fixed-{tag}", env, work / tag / "train.log"))
                     row = results[side][-1]
-                    print(f"{side:14} whole {row['seconds']:6.1f} s  features {row['features']:5.1f}  head epochs "
-                          f"{row['head']:5.1f}  fine-tune epochs {row['fine_tune']:6.1f}  fixed {row['fixed']:5.1f}",
-                          flush=True)
+                    print(f"{side:14} whole {row['seconds']:6.1f} s  features {row['features']:5.1f}  "
+                          f"head epochs {row['head']:5.1f}  fine-tune epochs {row['fine_tune']:6.1f}  "
+                          f"fixed {row['fixed']:5.1f}", flush=True)
         finally:
             s3server.stop_process(server.process)
     old, new = (statistics.median(r["fixed"] for r in results[side]) for side in sides)

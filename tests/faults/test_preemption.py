@@ -60,12 +60,14 @@ def test_checkpoints_follow_the_time_cadence_and_a_failed_upload_fails_the_phase
     train, val = learnable(20, 0), learnable(5, 1)
     settings = dict(epochs=4, learning_rate=0.05, batch_size=8, patience=10, seed=0,
                     logger=logging.getLogger("cadence"), checkpoint_interval_s=60)
-    fit_phase(head(), "head", train, val, checkpoint_uri=f"s3://{bucket}/runs/r1/checkpoints/head", **settings)
+    fit_phase(head(), "head", train, val, checkpoint_uri=f"s3://{bucket}/runs/r1/checkpoints/head",
+              **settings)
     assert list(storage.list_keys(bucket, "runs/r1/")) == []  # sub-second epochs: none paid for
 
     ticks = iter(range(0, 10_000, 40))  # a clock on which 40 s pass between two readings
     monkeypatch.setattr(checkpoints, "time", SimpleNamespace(monotonic=lambda: float(next(ticks))))
-    fit_phase(head(), "head", train, val, checkpoint_uri=f"s3://{bucket}/runs/r2/checkpoints/head", **settings)
+    fit_phase(head(), "head", train, val, checkpoint_uri=f"s3://{bucket}/runs/r2/checkpoints/head",
+              **settings)
     kept = sorted(o["Key"].rsplit("/", 1)[1] for o in storage.list_keys(bucket, "runs/r2/checkpoints/head/")
                   if o["Key"].endswith(".weights.h5"))
     assert kept == ["head-e0002-s000000.weights.h5", "head-e0004-s000000.weights.h5"]  # once 60 s passed
