@@ -68,7 +68,8 @@ def test_real_photos_train_well_above_chance_with_fine_tuning(prefect_server, bu
 
     meta = Registry().metadata(result["name"], result["version"])
     test = meta["metrics"]["test"]
-    assert test["images"] == 60
+    # every test photo scored: the stable split's own count (near 20% of 300, not exactly: a hash split)
+    assert test["images"] == sum(meta["dataset"]["counts"]["test"].values()) >= 40
     assert test["accuracy"] >= 0.4, test  # chance is 0.1
     gate = meta["gate"]["fine_tune"]
     assert gate["passed"] and gate["rule"] == "auto" and gate["p_value"] < 0.01, gate
