@@ -130,8 +130,9 @@ def test_datasets_prefetch_list_and_show(bucket, sample_dataset, tmp_path):
     listed = run_cli("datasets", "list")
     assert listed.returncode == 0, listed.stderr
     rows = [line.split() for line in listed.stdout.splitlines()[1:]]
-    assert sorted((row[0], row[2], row[5]) for row in rows) == [("shapes", "32px", "yes"),
-                                                               ("shapes", "40px", "yes")]
+    # without --image-size: auto, which upscales 32 px photos to the 64 px floor
+    assert sorted((row[0], row[2], row[5]) for row in rows) == [("shapes", "40px", "yes"),
+                                                               ("shapes", "64px", "yes")]
     shown = run_cli("datasets", "show", "shapes")
     assert "mirror of http://127.0.0.1" in shown.stdout and "/source/shapes.tar.gz" in shown.stdout
     assert json.loads(run_cli("datasets", "show", "shapes", "--json").stdout)["variants"]
