@@ -60,7 +60,8 @@ def commands(parser: argparse.ArgumentParser | None = None) -> list[tuple[str, s
 def _default(action: argparse.Action, config_defaults: dict) -> str:
     """The default a user gets: argparse's, or the config field's for flags made from
     RetrainConfig (they default to SUPPRESS so that unset flags stay unset)."""
-    if not action.option_strings or isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+    flag_only = isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction)
+    if not action.option_strings or flag_only:
         return ""
     default = action.default
     if default is argparse.SUPPRESS:  # a RetrainConfig flag: the field's default applies
@@ -104,10 +105,11 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
                        for name, field in RetrainConfig.model_fields.items()}
     rows = []
     for action in parser._actions:
-        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
-            continue
-        invocation = _invocation(action)
-        rows.append(f"| {_code(invocation)} | {_default(action, config_defaults)} | {_meaning(parser, action)} |")
+        skipped = isinstance(action, argparse._HelpAction | argparse._SubParsersAction)
+        if skipped or action.help == argparse.SUPPRESS:
+            continue  # --help, the command groups, hidden flags (watch --polls, for tests)
+        default = _default(action, config_defaults)
+        rows.append(f"| {_code(_invocation(action))} | {default} | {_meaning(parser, action)} |")
     return rows
 
 
