@@ -11,6 +11,10 @@ S3_ENV := .local/s3.env
 S3_PORT ?= 8333
 ARGS ?=
 PYTEST_ARGS ?=
+DOCS_PORT ?= 8000
+# MkDocs 1.6 with Material and mkdocs-gen-files print a banner about MkDocs 2 on every build; it says
+# nothing about this site.
+DOCS_ENV := NO_MKDOCS_2_WARNING=1 DISABLE_MKDOCS_2_WARNING=true
 TEST_WORKERS ?= 2
 PREFECT_PORT ?= 4200
 RAY_DIR := .local/ray
@@ -42,14 +46,14 @@ S3_CONFIGURED := $(strip $(AWS_ENDPOINT_URL)$(AWS_ENDPOINT_URL_S3)$(AWS_ACCESS_K
 
 .PHONY: help venv run demo demo-data models datasets prefetch storage-up storage-down test test-faults test-unit lint clean \
 	server pools worker-cpu worker-gpu deploy trigger ui stack-up stack-down stack-status logs serve \
-	ray-up ray-down ray-status
+	ray-up ray-down ray-status docs docs-serve
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "  variables: ARGS='--dataset DIR ...' (run, prefetch), DATASET (prefetch), PARAMS='{...}' DEPLOYMENT (trigger),"
 	@echo "             WATCH=s3://bucket/prefix/ WATCH_DEBOUNCE (stack-up),"
 	@echo "             PYTEST_ARGS TEST_WORKERS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui), MODEL (serve),"
-	@echo "             RAY_WORKERS (ray-up)"
+	@echo "             RAY_WORKERS (ray-up), DOCS_PORT (docs-serve)"
 
 venv: $(STAMP) ## create .venv and install transferflow with its dev tools
 
@@ -57,7 +61,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11, 4) else "transferflow needs Python >= 3.11.4 (tarfile extraction filters); set PYTHON=python3.12")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,export,ray]'  # export: onnx/litert checks, ray: engine ray tests
+	$(BIN)/pip install --quiet -e '.[dev,export,ray,docs]'  # export: onnx/litert checks, ray: engine ray tests, docs: make docs
 	@touch $@
 
 run: venv ## run the retrain flow: make run ARGS="--dataset DIR --weights none"
@@ -161,8 +165,14 @@ test-faults: venv ## the fault-injection suite: killed store and trainer, hostil
 test-unit: venv ## fast tests only: no servers, no training
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+docs: venv ## build the documentation site into site/, strictly: any warning (a broken link) fails
+	$(DOCS_ENV) $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: venv ## serve the documentation on 127.0.0.1:DOCS_PORT, rebuilt on every change
+	$(DOCS_ENV) $(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
+
 lint: venv ## ruff
 	$(BIN)/ruff check .
 
 clean: stack-down ray-down ## remove .venv and .local (the local store's and Prefect's data too)
-	rm -rf $(VENV) .local .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .local .pytest_cache .ruff_cache *.egg-info site

@@ -100,7 +100,7 @@ def _show_splits(args: argparse.Namespace) -> int:
                 [(row["split"] + ("*" if row["borrowed"] else ""), row["class"], (row["digest"] or "-")[:16],
                   row["name"]) for row in found["images"]])
     if any(row["borrowed"] for row in found["images"]):
-        print("* borrowed: its class had no image of its own in that split (see README, Datasets)")
+        print("* borrowed: its class had no image of its own in that split (see docs/datasets.md)")
     return 0
 
 
