@@ -67,3 +67,17 @@ def test_a_roles_requirements_keep_only_what_its_base_installs():
     assert for_environment(text, "3.13") == ("numpy==2.1.0 \\\n    --hash=sha256:aa\n"
                                             "tensorflow-cpu==2.21.0 \\\n    --hash=sha256:bb\n")
     assert "exceptiongroup==1.2.2" in for_environment(text, "3.11")
+
+
+def test_a_version_trained_on_tensorflow_cpu_records_its_tensorflow(monkeypatch):
+    from importlib import metadata
+
+    from transferflow.registry import versions
+
+    def version_of(name):
+        if name == "tensorflow":  # the CPU images have tensorflow-cpu instead
+            raise metadata.PackageNotFoundError(name)
+        return {"tensorflow-cpu": "2.21.0"}.get(name, "1.0")
+
+    monkeypatch.setattr(versions.importlib_metadata, "version", version_of)
+    assert versions.library_versions()["tensorflow"] == "2.21.0"

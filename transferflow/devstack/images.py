@@ -216,6 +216,7 @@ def smoke(trainer: str, serve: str) -> None:
     server = s3server.start(work / "s3")
     try:
         env = {**server.env(), "TRANSFERFLOW_BUCKET": "smoke"}
+        os.environ.update(env)  # this process reads the registry back with the same settings
         data = work / "data"
         write_dataset(data / "shapes", classes=3, per_class=20)
         write_random_weights(data / "vgg16.weights.h5")
@@ -226,10 +227,21 @@ def smoke(trainer: str, serve: str) -> None:
                 "--weights", "/data/vgg16.weights.h5", "--image-size", "32", "--head-epochs", "1",
                 "--fine-tune-epochs", "1", "--model-name", "smoke", env=env)
         print(f"trained and registered in the trainer image in {time.monotonic() - started:.0f}s")
+        _show_registered("smoke@latest")
         _serve_ready(serve, env)
     finally:
         s3server.stop_process(server.process)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _show_registered(reference: str) -> None:
+    """Read the version back from the host: the registry outside the image holds it."""
+    from transferflow.registry import Registry
+
+    registry = Registry()
+    name, number = registry.resolve(reference)
+    libraries = (registry.metadata(name, number) or {}).get("library_versions", {})
+    print(f"registered {name}:{number} (read from the host), trained with {libraries}")
 
 
 def _serve_ready(image: str, env: dict[str, str], timeout: float = 180) -> None:
