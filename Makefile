@@ -56,13 +56,15 @@ venv-run: $(VENV)/.run-stamp ## create .venv with only what running needs, from 
 
 # A role's pinned, hash-checked requirements (exported from uv.lock by `make lock`), then transferflow
 # itself without dependencies: pip resolves nothing, so every install gets the versions in the lock.
-# The dev role holds every package of the run role at the same version, so either order works.
+# The dev role holds every package of the run role at the same version, so either order works;
+# `make venv` then removes what the lock does not pin (left by an older install) and checks the rest.
 $(VENV)/.%-stamp: requirements/%.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11, 4) else "transferflow needs Python >= 3.11.4 (tarfile extraction filters); set PYTHON=python3.12")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip  # the installer itself, not a dependency
 	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/$*.txt
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@if [ $* = dev ]; then $(BIN)/python -m transferflow.devstack.lockfile check --remove-strays requirements/dev.txt; fi
 	@touch $@
 
 # The roles' requirement files, exported from uv.lock. uv is needed here only (the dev role has it);

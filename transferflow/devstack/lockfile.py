@@ -2,6 +2,7 @@
 
     python -m transferflow.devstack.lockfile check requirements/run.txt   # after `make run`
     python -m transferflow.devstack.lockfile check requirements/dev.txt   # after `make venv`
+    python -m transferflow.devstack.lockfile check --remove-strays requirements/dev.txt
 
 The role files are exported from uv.lock by `make lock` and installed by the Makefile with
 `pip install --require-hashes --no-deps`. This is `pip freeze` compared with them, both ways: every
@@ -12,6 +13,7 @@ installed but transferflow itself and the installer.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -71,14 +73,26 @@ def differences(pins: list[Pin], present: dict[str, str]) -> list[str]:
     return problems
 
 
+def strays(pins: list[Pin], present: dict[str, str]) -> list[str]:
+    """Installed distributions that the role does not pin (left by an older install)."""
+    wanted = {pin.name for pin in pins if pin.applies()} | OUTSIDE_THE_LOCK
+    return sorted(name for name in present if name not in wanted)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transferflow.devstack.lockfile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="compare this environment with a role's requirements file")
     check.add_argument("requirements", type=Path)
+    check.add_argument("--remove-strays", action="store_true",
+                       help="first uninstall what the file does not pin (make venv: dev holds every role)")
     args = parser.parse_args(argv)
     pins = read_pins(args.requirements.read_text())
+    extra = strays(pins, installed()) if args.remove_strays else []
+    if extra:
+        print(f"uninstalling what {args.requirements} does not pin: {', '.join(extra)}")
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "--quiet", "--yes", *extra], check=True)
     problems = differences(pins, installed())
     for problem in problems:
         print(problem)
