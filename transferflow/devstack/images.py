@@ -172,8 +172,9 @@ def image(targets: list[str], bases: dict[str, str], python_override: str | None
     for target in targets:
         base = bases.get(ROLES[target].base) or DOCKERFILE_BASES[ROLES[target].base]
         if not _have_image(base):
-            print(f"skipping {target}: its base image {base} is neither here nor pullable; pull or import it "
-                  f"(or pass --{ROLES[target].base.lower().replace('_', '-')} IMAGE) to build it", flush=True)
+            option = ROLES[target].base.lower().replace("_", "-")
+            print(f"skipping {target}: its base {base} is neither here nor pullable: pull or import it, "
+                  f"or name another (make image {ROLES[target].base}=IMAGE, --{option} IMAGE)", flush=True)
             skipped.append(target)
             continue
         wheelhouse([target], python_override)
