@@ -219,13 +219,13 @@ def smoke(trainer: str, serve: str) -> None:
         env = {**server.env(), "TRANSFERFLOW_BUCKET": "smoke"}
         os.environ.update(env)  # this process reads the registry back with the same settings
         data = work / "data"
-        write_dataset(data / "shapes", classes=3, per_class=20)
+        write_dataset(data / "shapes", classes=3, per_class=40)  # make demo's data: learnable at 32 px
         write_random_weights(data / "vgg16.weights.h5")
         data.chmod(0o755)
         _docker(trainer, "--help")
         started = time.monotonic()
         _docker(f"--volume={data}:/data:ro", trainer, "train", "--dataset", "/data/shapes",
-                "--weights", "/data/vgg16.weights.h5", "--image-size", "32", "--head-epochs", "1",
+                "--weights", "/data/vgg16.weights.h5", "--image-size", "32", "--head-epochs", "5",
                 "--fine-tune-epochs", "1", "--model-name", "smoke", env=env)
         print(f"trained and registered in the trainer image in {time.monotonic() - started:.0f}s")
         _show_registered("smoke@latest")
