@@ -5,7 +5,6 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
 S3_DIR := .local/s3
 S3_ENV := .local/s3.env
 S3_PORT ?= 8333
@@ -44,7 +43,7 @@ STACK_API = $${PREFECT_API_URL:-http://127.0.0.1:$(PREFECT_PORT)/api}
 # True when the environment already names an object store (cloud or other).
 S3_CONFIGURED := $(strip $(AWS_ENDPOINT_URL)$(AWS_ENDPOINT_URL_S3)$(AWS_ACCESS_KEY_ID)$(AWS_PROFILE))
 
-.PHONY: help venv run demo demo-data models datasets prefetch storage-up storage-down test test-faults test-unit lint clean \
+.PHONY: help venv venv-run lock image run demo demo-data models datasets prefetch storage-up storage-down test test-faults test-unit lint clean \
 	server pools worker-cpu worker-gpu deploy trigger ui stack-up stack-down stack-status logs serve \
 	ray-up ray-down ray-status docs docs-serve
 
@@ -53,82 +52,101 @@ help: ## list the targets
 	@echo "  variables: ARGS='--dataset DIR ...' (run, prefetch), DATASET (prefetch), PARAMS='{...}' DEPLOYMENT (trigger),"
 	@echo "             WATCH=s3://bucket/prefix/ WATCH_DEBOUNCE (stack-up),"
 	@echo "             PYTEST_ARGS TEST_WORKERS (test), S3_PORT (storage-up), PREFECT_PORT (server, ui), MODEL (serve),"
-	@echo "             RAY_WORKERS (ray-up), DOCS_PORT (docs-serve)"
+	@echo "             RAY_WORKERS (ray-up), DOCS_PORT (docs-serve), UPGRADE=1 (lock), TARGETS BASE GPU_BASE (image)"
 
-venv: $(STAMP) ## create .venv and install transferflow with its dev tools
+venv: $(VENV)/.dev-stamp ## create .venv with every role and the dev tools, from the lock (requirements/dev.txt)
 
-$(STAMP): pyproject.toml
+venv-run: $(VENV)/.run-stamp ## create .venv with only what running needs, from the lock (requirements/run.txt)
+
+# A role's pinned, hash-checked requirements (exported from uv.lock by `make lock`), then transferflow
+# itself without dependencies: pip resolves nothing, so every install gets the versions in the lock.
+# The dev role holds every package of the run role at the same version, so either order works;
+# `make venv` then removes what the lock does not pin (left by an older install) and checks the rest.
+$(VENV)/.%-stamp: requirements/%.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11, 4) else "transferflow needs Python >= 3.11.4 (tarfile extraction filters); set PYTHON=python3.12")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,export,ray,docs]'  # export: onnx/litert checks, ray: engine ray tests, docs: make docs
+	$(BIN)/pip install --quiet --upgrade pip  # the installer itself, not a dependency
+	$(BIN)/pip install --quiet --require-hashes --no-deps -r requirements/$*.txt
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@if [ $* = dev ]; then $(BIN)/python -m transferflow.devstack.lockfile check --remove-strays requirements/dev.txt; fi
 	@touch $@
 
-run: venv ## run the retrain flow: make run ARGS="--dataset DIR --weights none"
+# The roles' requirement files, exported from uv.lock. uv is needed here only (the dev role has it);
+# tests/unit/test_lock.py checks that the files match the lock.
+UV ?= $(if $(wildcard $(BIN)/uv),$(BIN)/uv,uv)
+EXPORT = $(UV) export --quiet --frozen --no-emit-project --format requirements-txt
+
+lock: ## re-resolve uv.lock (UPGRADE=1: newest allowed versions) and export requirements/<role>.txt
+	@command -v $(UV) >/dev/null || { echo "make lock needs uv: make venv (the dev role has it) or pip install uv"; exit 2; }
+	$(UV) lock $(if $(UPGRADE),--upgrade)
+	$(EXPORT) --extra=local --extra=serve -o requirements/run.txt   # make run: core + local S3 + serve
+	$(EXPORT) --extra=dev -o requirements/dev.txt                    # make test, make docs: every role
+
+run: venv-run ## run the retrain flow: make run ARGS="--dataset DIR --weights none"
 ifeq ($(S3_CONFIGURED),)
 	@$(MAKE) --no-print-directory storage-up
 endif
 	$(BIN)/transferflow train $(ARGS)
 
-demo: venv demo-data ## offline demo: retrain on generated images with random weights
+demo: venv-run demo-data ## offline demo: retrain on generated images with random weights
 	@$(MAKE) --no-print-directory run ARGS="$(DEMO_ARGS) $(ARGS)"
 
 demo-data: $(DEMO_DIR)/.done ## generate the demo's images and random VGG16 weights in .local/demo
 
-$(DEMO_DIR)/.done: | venv
+$(DEMO_DIR)/.done: | venv-run
 	$(BIN)/python -m transferflow.devstack.samples $(DEMO_DIR)/shapes --classes 3 --per-class 40 \
 		--weights $(DEMO_DIR)/vgg16-random.weights.h5
 	@touch $@
 
-models: venv ## list registered models and versions
+models: venv-run ## list registered models and versions
 	$(BIN)/transferflow models list
 
-datasets: venv ## list prepared datasets and mirrored sources
+datasets: venv-run ## list prepared datasets and mirrored sources
 	$(BIN)/transferflow datasets list
 
-prefetch: venv ## download, mirror and prepare a dataset: make prefetch DATASET=cifar10 [ARGS=--image-size 224]
+prefetch: venv-run ## download, mirror and prepare a dataset: make prefetch DATASET=cifar10 [ARGS=--image-size 224]
 	@test -n "$(DATASET)" || { echo "usage: make prefetch DATASET=<built-in, URL, s3:// or path> [ARGS=...]"; exit 2; }
 ifeq ($(S3_CONFIGURED),)
 	@$(MAKE) --no-print-directory storage-up
 endif
 	$(BIN)/transferflow datasets prefetch "$(DATASET)" $(ARGS)
 
-serve: venv ## serve a model over HTTP, in the foreground: make serve MODEL=name@production [ARGS="--port 8501"]
+serve: venv-run ## serve a model over HTTP, in the foreground: make serve MODEL=name@production [ARGS="--port 8501"]
 	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=<name>@<alias> or <name>:<version> [ARGS='--port 8501 ...']"; exit 2; }
 ifeq ($(S3_CONFIGURED),)
 	@$(MAKE) --no-print-directory storage-up
 endif
 	$(BIN)/transferflow serve "$(MODEL)" $(ARGS)
 
-storage-up: venv ## start the local S3 server (SeaweedFS, loopback, credentials) on S3_PORT
+storage-up: venv-run ## start the local S3 server (SeaweedFS, loopback, credentials) on S3_PORT
 	$(BIN)/python -m transferflow.devstack.s3server up --dir $(S3_DIR) --env-file $(S3_ENV) --port $(S3_PORT)
 
 storage-down: ## stop the local S3 server (its data stays in .local/s3)
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m transferflow.devstack.s3server down --dir $(S3_DIR); fi
 
-server: venv ## start `prefect server` (SQLite in .local/prefect, loopback) and wait until ready
+server: venv-run ## start `prefect server` (SQLite in .local/prefect, loopback) and wait until ready
 	$(STACK) server
 
-pools: venv ## create or update the cpu and gpu work pools (idempotent)
+pools: venv-run ## create or update the cpu and gpu work pools (idempotent)
 	$(STACK) pools
 
-worker-cpu: venv ## start a process worker for the cpu pool (background, log in .local/prefect)
+worker-cpu: venv-run ## start a process worker for the cpu pool (background, log in .local/prefect)
 	$(STACK) worker --pool cpu
 
-worker-gpu: venv ## start a process worker for the gpu pool, one training run at a time
+worker-gpu: venv-run ## start a process worker for the gpu pool, one training run at a time
 	$(STACK) worker --pool gpu
 
-deploy: venv ## create or update the deployments in deployments/prefect.yaml
+deploy: venv-run ## create or update the deployments in deployments/prefect.yaml
 	$(STACK) deploy
 
-trigger: venv $(if $(filter file,$(origin PARAMS)),demo-data) ## run retrain/manual and watch it (PARAMS='{...}')
+trigger: venv-run $(if $(filter file,$(origin PARAMS)),demo-data) ## run retrain/manual and watch it (PARAMS='{...}')
 	PREFECT_API_URL=$(STACK_API) $(BIN)/prefect deployment run $(DEPLOYMENT) \
 		--param config='$(PARAMS)' --watch
 
 ui: ## print the Prefect UI's URL
 	@echo "http://127.0.0.1:$(PREFECT_PORT)"
 
-stack-up: venv ## storage, server, pools, workers, deployments (and the watcher: WATCH=s3://...), in the background
+stack-up: venv-run ## storage, server, pools, workers, deployments (and the watcher: WATCH=s3://...), in the background
 ifeq ($(S3_CONFIGURED),)
 	@$(MAKE) --no-print-directory storage-up
 endif
@@ -138,10 +156,10 @@ stack-down: ## stop workers, server and the local storage
 	@if [ -x $(BIN)/python ]; then $(STACK) down; fi
 	@$(MAKE) --no-print-directory storage-down
 
-stack-status: venv ## which stack processes run
+stack-status: venv-run ## which stack processes run
 	@$(STACK) status
 
-logs: venv ## the last lines of the server's and workers' logs
+logs: venv-run ## the last lines of the server's and workers' logs
 	@$(STACK) logs
 
 ray-up: venv ## start a local Ray cluster: a head + RAY_WORKERS worker nodes, 1 CPU each; prints RAY_ADDRESS
@@ -155,6 +173,14 @@ ray-down: ## stop the local Ray cluster; no process of it is left running
 
 ray-status: venv ## whether the local Ray cluster runs, and its RAY_ADDRESS
 	@$(BIN)/python -m transferflow.devstack.raycluster status --dir $(RAY_DIR)
+
+# make image: TARGETS among trainer,gpu,serve,ray; BASE / GPU_BASE override the Dockerfile's bases. A
+# target whose base is neither here nor pullable (NVIDIA's CUDA base without a registry) is skipped
+# with a message; deployments/images/build-offline.sh makes a CPU base where no registry is reachable.
+TARGETS ?= trainer,gpu,serve,ray
+image: venv ## build the images, tagged transferflow-<target>:<version> and :<version>-<git sha> (TARGETS, BASE, GPU_BASE)
+	$(BIN)/python -m transferflow.devstack.images image --targets $(TARGETS) \
+		$(if $(BASE),--base $(BASE)) $(if $(GPU_BASE),--gpu-base $(GPU_BASE))
 
 test: venv ## run the whole test suite on TEST_WORKERS workers (each starts its own S3 and Prefect servers)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=8 $(PYTEST_ARGS)

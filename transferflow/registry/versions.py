@@ -28,13 +28,19 @@ MAX_RACE_ATTEMPTS = 50
 LIBRARIES = ("transferflow", "tensorflow", "keras", "numpy", "prefect", "boto3", "pydantic")
 
 
+# The same library under another distribution name: the CPU images install tensorflow-cpu.
+ALSO_KNOWN_AS = {"tensorflow": ("tensorflow-cpu",)}
+
+
 def library_versions() -> dict[str, str]:
     found = {}
     for name in LIBRARIES:
-        try:
-            found[name] = importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
+        for distribution in (name, *ALSO_KNOWN_AS.get(name, ())):
+            try:
+                found[name] = importlib_metadata.version(distribution)
+                break
+            except importlib_metadata.PackageNotFoundError:
+                continue
     return found
 
 
