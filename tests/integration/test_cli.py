@@ -32,8 +32,8 @@ def test_train_then_list_and_show(bucket, sample_dataset, random_weights, tmp_pa
     assert f"s3://{bucket}/models/cli-model/versions/000001/model.keras" in trained.stdout
     assert "head epoch 1/2" in trained.stderr + trained.stdout  # Keras progress reaches the run log
     skipped = run_cli("train", "--dataset", dataset, "--weights", f"s3://{bucket}/w/vgg16.weights.h5",
-                      "--head-epochs", "2", "--fine-tune-epochs", "1", "--model-name", "cli-model",
-                      "--batch-size", "16", "--if-changed", env=env)  # nothing changed: no second version
+                      "--image-size", "32", "--head-epochs", "2", "--fine-tune-epochs", "1", "--model-name",
+                      "cli-model", "--batch-size", "16", "--if-changed", env=env)  # nothing changed: no v2
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     assert skipped.stdout.splitlines()[-1].startswith(
         "skipped: the dataset and the training configuration are those of cli-model:1 ("), skipped.stdout
