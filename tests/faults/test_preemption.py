@@ -13,9 +13,9 @@ import pytest
 
 from tests.conftest import Lines
 from transferflow import storage
-from transferflow.checkpoints import POINTER
 from transferflow.devstack.samples import sample_image
-from transferflow.training import fit_phase
+from transferflow.training.checkpoints import POINTER
+from transferflow.training.fit import fit_phase
 
 
 def learnable(n_per_class: int, seed: int):
@@ -55,7 +55,7 @@ def test_a_retried_phase_resumes_from_its_checkpoint(bucket):
 def test_checkpoints_follow_the_time_cadence_and_a_failed_upload_fails_the_phase(bucket, monkeypatch):
     from types import SimpleNamespace
 
-    from transferflow import checkpoints
+    from transferflow.training import checkpoints
 
     train, val = learnable(20, 0), learnable(5, 1)
     settings = dict(epochs=4, learning_rate=0.05, batch_size=8, patience=10, seed=0,

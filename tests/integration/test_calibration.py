@@ -5,14 +5,15 @@ the softened probabilities the calibration recorded."""
 import numpy as np
 import pytest
 
-from transferflow import phases, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.data import load_prepared
-from transferflow.phases import PhaseOutcome
-from transferflow.publishing import calibrate_model
+from transferflow.judging.scoring import expected_calibration_error, predict
+from transferflow.pipeline import phases
+from transferflow.pipeline.phases import PhaseOutcome
+from transferflow.publishing.stages import calibrate_model
 from transferflow.registry import Registry
 from transferflow.registry.documents import TrainingRecord
-from transferflow.scoring import expected_calibration_error, predict
 
 
 def overconfident_model(classes: int, seed: int = 0):
@@ -34,7 +35,7 @@ def overconfident_model(classes: int, seed: int = 0):
 
 @pytest.mark.slow
 def test_a_fitted_temperature_is_folded_saved_registered_and_answers_so(bucket, sample_dataset):
-    from transferflow.model import load_model, save_to
+    from transferflow.training.model import load_model, save_to
 
     config = RetrainConfig(dataset=str(sample_dataset), image_size=32, model_name="calibrated")
     dataset = phases.download_dataset(config)

@@ -33,7 +33,7 @@ def extract_on_ray(classifier, dataset: DatasetRef, splits: tuple[str, ...], bat
     """The pooled backbone output for each split's images, computed on the cluster, and the
     cluster's facts. A dataset in the in-memory format (prepared by engine local) has no shards
     to spread: it is computed here, as the local path does."""
-    from transferflow.training import extract_features
+    from transferflow.training.fit import extract_features
 
     if dataset.format != "tfrecord":
         logger.info("features: %s is in the in-memory format, not sharded: computed in this process",
@@ -112,7 +112,7 @@ class ExtractShards:
     def __init__(self, model: bytes, image_size: int, batch_size: int):
         import keras
 
-        import transferflow.model  # noqa: F401 (registers the layers the .keras file names)
+        import transferflow.training.model  # noqa: F401 (registers the layers the .keras file names)
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "extractor.keras"

@@ -19,12 +19,12 @@ import logging
 import tempfile
 from pathlib import Path
 
-from transferflow import backbones
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, load_prepared
 from transferflow.errors import TransferflowError
-from transferflow.phases import BackboneRef, PhaseOutcome, _fit_options, head_features, runtime_info
+from transferflow.pipeline.phases import BackboneRef, PhaseOutcome, _fit_options, head_features, runtime_info
 from transferflow.scaleout.relay import FAILED, OUTCOME, WorkerRelay
+from transferflow.training import backbones
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _classifier(config: RetrainConfig, backbone: BackboneRef, dataset: DatasetRe
     """The classifier with a frozen backbone, initialised from the run's seed on every worker."""
     import keras
 
-    from transferflow import model as modeling
+    from transferflow.training import model as modeling
 
     spec = backbones.get_spec(backbone.name)
     keras.utils.set_random_seed(config.seed)
@@ -89,8 +89,8 @@ def _classifier(config: RetrainConfig, backbone: BackboneRef, dataset: DatasetRe
 
 def train_head(config: RetrainConfig, settings: dict, plan, relay: WorkerRelay, scope):
     """The head, end to end through the frozen backbone (augmentation on, or features not cached)."""
-    from transferflow.phases import standardize_features
-    from transferflow.training import fit_phase
+    from transferflow.pipeline.phases import standardize_features
+    from transferflow.training.fit import fit_phase
 
     dataset = DatasetRef.model_validate(settings["dataset"])
     data = load_prepared(dataset)
@@ -105,7 +105,7 @@ def train_head(config: RetrainConfig, settings: dict, plan, relay: WorkerRelay, 
 def train_head_on_features(config: RetrainConfig, settings: dict, plan, relay: WorkerRelay, scope):
     """The head on the backbone features the submitting process stored (one worker: see
     training.head_workers)."""
-    from transferflow.training import fit_head_on_features
+    from transferflow.training.fit import fit_head_on_features
 
     dataset = DatasetRef.model_validate(settings["dataset"])
     backbone = BackboneRef.model_validate(settings["backbone"])
@@ -121,8 +121,8 @@ def train_head_on_features(config: RetrainConfig, settings: dict, plan, relay: W
 
 def fine_tune(config: RetrainConfig, settings: dict, plan, relay: WorkerRelay, scope):
     """Unfreeze the top blocks of the trained head's model and train at a low rate."""
-    from transferflow import model as modeling
-    from transferflow.training import fit_phase
+    from transferflow.training import model as modeling
+    from transferflow.training.fit import fit_phase
 
     spec = backbones.get_spec(config.backbone)
     trained_head = modeling.load_from(PhaseOutcome.model_validate(settings["head"]).model_uri)
@@ -146,8 +146,8 @@ PHASES = {HEAD: train_head, HEAD_ON_FEATURES: train_head_on_features, FINE_TUNE:
 def stage(classifier, settings: dict, metrics: dict, plan, chief: bool) -> PhaseOutcome | None:
     """The chief saves the model (float32, so it serves anywhere) to the run's prefix; the others
     save theirs to a scratch file and discard it, so that every worker reads the variables alike."""
-    from transferflow import model as modeling
-    from transferflow.compute import FLOAT32
+    from transferflow.training import model as modeling
+    from transferflow.training.compute import FLOAT32
 
     if plan.precision != FLOAT32:
         classifier = modeling.rebuild_classifier(classifier, FLOAT32)

@@ -21,11 +21,10 @@ import logging
 import os
 import time
 
-from transferflow import backbones
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, load_prepared
 from transferflow.errors import ConfigError, TrainingError, TransferflowError
-from transferflow.phases import (
+from transferflow.pipeline.phases import (
     BackboneRef,
     FineTuneOutcome,
     PhaseOutcome,
@@ -36,6 +35,7 @@ from transferflow.phases import (
 from transferflow.scaleout import replica
 from transferflow.scaleout.cluster import Session, cluster_facts, describe
 from transferflow.scaleout.relay import Forwarder, open_mailbox
+from transferflow.training import backbones
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def train_head_on_ray(config: RetrainConfig, dataset: DatasetRef, backbone: Back
 def fine_tune_on_ray(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, run_id: str,
                      logger=log, on_epoch=None) -> FineTuneOutcome:
     """The fine-tuning phase on `num_workers` workers; kept only if val did not drop, as locally."""
-    from transferflow.gate import keep_fine_tuned
+    from transferflow.training.gate import keep_fine_tuned
 
     settings = _settings(config, dataset, run_id, "fine_tune", head=head.model_dump(mode="json"))
     tuned = run_phase(replica.FINE_TUNE, settings, config, config.num_workers, logger, on_epoch)
@@ -91,8 +91,8 @@ def _stored_features(config: RetrainConfig, dataset: DatasetRef, backbone: Backb
     computed on the cluster by scaleout.features), so that the head's worker finds them there."""
     import keras
 
-    from transferflow import model as modeling
-    from transferflow.compute import compute_scope, plan_compute
+    from transferflow.training import model as modeling
+    from transferflow.training.compute import compute_scope, plan_compute
 
     spec = backbones.get_spec(backbone.name)
     plan = plan_compute(config.mixed_precision, config.xla, config.strategy)

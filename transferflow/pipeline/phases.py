@@ -14,11 +14,12 @@ import time
 
 from pydantic import BaseModel
 
-from transferflow import backbones, storage
-from transferflow.compute import FLOAT32, ComputePlan, compute_scope, plan_compute
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, PrepareOptions, check_leakage, load_prepared, prepare_dataset
-from transferflow.gate import GateDecision, fine_tune_gate, keep_fine_tuned
+from transferflow.training import backbones
+from transferflow.training.compute import FLOAT32, ComputePlan, compute_scope, plan_compute
+from transferflow.training.gate import GateDecision, fine_tune_gate, keep_fine_tuned
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
     many test images duplicate training images, or when the model's golden set has a class the
     dataset lacks. The check runs on a stored copy too, so a later
     run with another max_leakage decides afresh."""
-    from transferflow.evaluation import check_golden_classes
+    from transferflow.judging.evaluation import check_golden_classes
 
     if config.engine == "ray":
         from transferflow.scaleout.prepare import prepare_on_ray
@@ -86,7 +87,7 @@ def download_dataset(config: RetrainConfig, logger=log) -> DatasetRef:
     check_leakage(ref.leakage, config.max_leakage, ref.source, logger)
     check_golden_classes(config.registry_name, ref)
     if config.init_from:
-        from transferflow.warmstart import check_init_classes
+        from transferflow.training.warmstart import check_init_classes
 
         check_init_classes(config, ref.class_names, ref.image_size)
     return ref
@@ -150,8 +151,8 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
         return train_head_on_ray(config, dataset, backbone, run_id, logger, on_epoch)
     import keras
 
-    from transferflow import model as modeling
-    from transferflow.training import fit_head_on_features, fit_phase
+    from transferflow.training import model as modeling
+    from transferflow.training.fit import fit_head_on_features, fit_phase
 
     spec = backbones.get_spec(backbone.name)
     weights_file = backbones.resolve_weights(config.weights)
@@ -164,7 +165,7 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
         classifier = modeling.build_classifier(base, spec, len(dataset.class_names), config.dropout,
                                                augment=config.augment)
         if config.init_from:
-            from transferflow.warmstart import warm_start
+            from transferflow.training.warmstart import warm_start
 
             warm_start(classifier, config.init_from, dataset.class_names, logger)
         options = _fit_options(config, plan, data, logger, on_epoch, config.head_epochs,
@@ -181,7 +182,7 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
             standardize_features(classifier, data.splits["train"], options["batch_size"], logger)
             metrics = fit_phase(classifier, "head", data.splits["train"], data.splits["val"], **options)
     outcome = _stage(classifier, "head", config, run_id, metrics.as_dict() | extra, plan)
-    from transferflow.activations import settle
+    from transferflow.training.activations import settle
 
     settle()  # the activations' upload overlapped the head's training; it ends with the phase
     return outcome
@@ -190,8 +191,8 @@ def train_head(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef
 def standardize_features(classifier, train, batch_size: int, logger=log) -> None:
     """Set the standardize layer from one pass of the frozen backbone over the (unaugmented)
     training images: the end-to-end head needs the statistics the cached path gets for free."""
-    from transferflow.model import STANDARDIZE_LAYER
-    from transferflow.training import extract_features
+    from transferflow.training.fit import extract_features
+    from transferflow.training.model import STANDARDIZE_LAYER
 
     started = time.monotonic()
     features = extract_features(classifier, {"train": train}, batch_size)["train"]
@@ -208,9 +209,9 @@ def fine_tune(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, ru
         from transferflow.scaleout.training import fine_tune_on_ray
 
         return fine_tune_on_ray(config, dataset, head, run_id, logger, on_epoch)
-    from transferflow import activations
-    from transferflow import model as modeling
-    from transferflow.training import fit_phase
+    from transferflow.training import activations
+    from transferflow.training import model as modeling
+    from transferflow.training.fit import fit_phase
 
     spec = backbones.get_spec(config.backbone)
     trained_head = modeling.load_from(head.model_uri)
@@ -270,7 +271,7 @@ def plan_for(config: RetrainConfig, logger=log) -> ComputePlan:
 
 def _fit_options(config: RetrainConfig, plan: ComputePlan, data, logger, on_epoch, epochs: int,
                  learning_rate: float, checkpoint_uri: str | None = None) -> dict:
-    from transferflow.training import balanced_class_weights, split_labels
+    from transferflow.training.fit import balanced_class_weights, split_labels
 
     class_weight = None
     if config.balance_classes:
@@ -289,7 +290,7 @@ def feature_key(config: RetrainConfig, dataset: DatasetRef, plan: ComputePlan,
     """What the backbone's features (and activations) of this dataset are keyed by in object storage."""
     import keras
 
-    from transferflow.features import FeatureKey, weights_identity
+    from transferflow.training.features import FeatureKey, weights_identity
 
     if weights_sha256 is None and config.weights not in ("imagenet", "none"):
         weights_sha256 = storage.sha256_file(backbones.resolve_weights(config.weights))
@@ -305,7 +306,7 @@ def head_features(config: RetrainConfig, dataset: DatasetRef, backbone: Backbone
     """The backbone's pooled features for train and val: from object storage when an earlier run
     computed them for the same dataset, backbone, weights and image size, else computed and stored
     (with, in the same pass, the frozen bottom's activations that fine-tuning will train on)."""
-    from transferflow.features import load_features, save_features
+    from transferflow.training.features import load_features, save_features
 
     key = feature_key(config, dataset, plan, backbone.weights_sha256)
     stored = load_features(key)
@@ -334,8 +335,8 @@ def _local_features(config: RetrainConfig, dataset: DatasetRef, key, classifier,
                     logger) -> tuple[dict, dict | None]:
     """Pooled features; when fine-tuning will train above a frozen bottom whose activations are not
     stored yet, those too, from the same pass (the bottom is the larger part of the backbone's work)."""
-    from transferflow import activations
-    from transferflow.training import extract_features
+    from transferflow.training import activations
+    from transferflow.training.fit import extract_features
 
     splits = {name: data.splits[name] for name in ("train", "val")}
     batch = plan.global_batch(config.batch_size)
@@ -356,7 +357,7 @@ def _local_features(config: RetrainConfig, dataset: DatasetRef, key, classifier,
 def _stage(classifier, phase: str, config: RetrainConfig, run_id: str, metrics: dict,
            plan: ComputePlan) -> PhaseOutcome:
     """Save the phase's model under the run's prefix, always as float32 so it serves anywhere."""
-    from transferflow import model as modeling
+    from transferflow.training import model as modeling
 
     if plan.precision != FLOAT32:
         classifier = modeling.rebuild_classifier(classifier, FLOAT32)
