@@ -1,5 +1,5 @@
 """Backbone features on Ray (engine ray): the frozen backbone runs over the prepared shards with
-map_batches on every worker. The caller (phases.head_features) stores the result in the feature
+map_batches on every worker. The caller (training.local.head_features) stores the result in the feature
 store under the key the local path uses, so a later local run, or another head, reuses it.
 
 The extractor (preprocessing, frozen backbone, pooling: what the head sees) is built by the driver
@@ -25,6 +25,16 @@ from transferflow.errors import TransferflowError
 from transferflow.scaleout.cluster import Session, actors_for, cluster_facts, describe, raise_unwrapped
 
 log = logging.getLogger(__name__)
+
+
+def head_features_on_ray(config, dataset: DatasetRef, key, classifier, data, plan,
+                         logger=log) -> tuple[dict[str, np.ndarray], dict]:
+    """training.local.head_features' `compute` for engine ray: the same features, keys and store,
+    with the backbone run on every worker; the info holds the cluster's facts under "ray"."""
+    features, facts = extract_on_ray(classifier, dataset, ("train", "val"),
+                                     plan.global_batch(config.batch_size), config.num_workers,
+                                     config.gpus_per_worker, logger)
+    return features, {"ray": facts}
 
 
 def extract_on_ray(classifier, dataset: DatasetRef, splits: tuple[str, ...], batch_size: int,
