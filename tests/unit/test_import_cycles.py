@@ -137,3 +137,23 @@ def test_the_finder_sees_lazy_imports_and_names_the_circle(tmp_path):
                               ["transferflow.inner", "transferflow.inner.other", "transferflow.inner.part"]]
     assert one_cycle(graph, ["transferflow.high", "transferflow.low"]) == [
         "transferflow.high", "transferflow.low", "transferflow.high"]
+
+
+def test_every_lazy_name_is_defined_where_its_face_says():
+    """A lazy face's table names, for each public name, the submodule that defines it (checked from
+    the source: no TensorFlow is loaded), and no name hides a submodule of the same name."""
+    modules = module_names(ROOT)
+    for face, path in modules.items():
+        if path.name != "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        table = next((node.value for node in tree.body if isinstance(node, ast.Assign)
+                      and any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in node.targets)), None)
+        for key, value in zip(table.keys, table.values, strict=True) if table else ():
+            assert f"{face}.{key.value}" not in modules, f"{face}: {key.value} hides the submodule"
+            source = ast.parse(modules[f"{face}.{value.value}"].read_text())
+            defined = {node.name for node in source.body if isinstance(node, ast.FunctionDef | ast.ClassDef)}
+            defined |= {t.id for node in source.body if isinstance(node, ast.Assign | ast.AnnAssign)
+                        for t in getattr(node, "targets", [getattr(node, "target", None)])
+                        if isinstance(t, ast.Name)}
+            assert key.value in defined, f"{face}: {key.value} is not defined in {value.value}"
