@@ -163,9 +163,9 @@ def wait_ready(port: int, server: subprocess.Popen, log: Path, timeout: float = 
 def outputs(kinds: dict[str, list[bytes]]) -> tuple[dict, int]:
     """(kind -> (probabilities, features)) of the served model on every image, decoded as served."""
     from transferflow.data.decode import decode_image_bytes
-    from transferflow.model import load_model
     from transferflow.monitoring.features import split, with_features
     from transferflow.registry import Registry
+    from transferflow.training.model import load_model
 
     _, version = Registry().resolve(f"{NAME}@production")
     model = load_model(f"{NAME}:{version}")

@@ -22,8 +22,8 @@ def classifier(size: int, classes: int, train: tuple[np.ndarray, np.ndarray]):
     """The model the flow registers, with its head trained briefly on the backbone's features."""
     import keras
 
-    from transferflow.backbones import construct, get_spec
-    from transferflow.model import STANDARDIZE_LAYER, build_classifier
+    from transferflow.training.backbones import construct, get_spec
+    from transferflow.training.model import STANDARDIZE_LAYER, build_classifier
 
     spec = get_spec("vgg16")
     base = construct(spec, size, None)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from transferflow.tflogs import import_tensorflow
 
     import_tensorflow()
-    from transferflow import exports
+    from transferflow.publishing import exports
 
     train = images(args.classes, args.per_class, args.size, seed=0)
     test = images(args.classes, args.per_class // 2, args.size, seed=1)

@@ -47,8 +47,8 @@ def load_photos(size: int):
 def classifier(weights: Path, size: int, blocks: int):
     import keras
 
-    from transferflow import backbones
-    from transferflow import model as modeling
+    from transferflow.training import backbones
+    from transferflow.training import model as modeling
 
     spec = backbones.get_spec("vgg16")
     keras.utils.set_random_seed(0)
@@ -66,8 +66,8 @@ def main() -> None:
     args = parser.parse_args()
     import numpy as np
 
-    from transferflow import activations
-    from transferflow.training import compile_for
+    from transferflow.training import activations
+    from transferflow.training.fit import compile_for
 
     data = load_photos(args.size)
     weights = ensure_weights()
@@ -110,7 +110,7 @@ def _median_ratio(slow: list[float], fast: list[float]) -> float:
 
 def fit_once(model, inputs) -> tuple[float, float]:
     """One epoch with validation: (wall seconds, CPU seconds of this process)."""
-    from transferflow.training import make_dataset
+    from transferflow.training.fit import make_dataset
 
     train = make_dataset(*inputs["train"], 32, True, 0)
     val = make_dataset(*inputs["val"], 32, False, 0)

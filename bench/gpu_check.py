@@ -2,8 +2,8 @@
 
 Measures images/s for (1) the head phase on cached features (the frozen VGG16 runs once over
 the images; dropout -> dense(softmax, float32) then trains on the pooled features, as
-transferflow.training.fit_head_on_features does) and (2) fine-tuning VGG16's block5 inside the
-full classifier (transferflow.model.build_classifier, Adam 1e-5). Each runs under the mixed
+transferflow.training.fit.fit_head_on_features does) and (2) fine-tuning VGG16's block5 inside the
+full classifier (transferflow.training.model.build_classifier, Adam 1e-5). Each runs under the mixed
 policy and under float32 in the same process; the first epoch/batch (XLA compile) is a warm-up
 excluded from timing. Weights are random (He normal): no downloads. Prints a table and one
 `RESULT {json}` line. Never imports TensorFlow: data are numpy arrays fed to model.fit/predict.
@@ -47,8 +47,8 @@ except ImportError as exc:
              "pip install 'jax[cuda12]' keras (or jax[cuda13]; 'jax[cpu]' for --smoke).")
 import numpy as np  # noqa: E402
 
-from transferflow.backbones import get_spec  # noqa: E402
-from transferflow.model import BackbonePreprocess, build_classifier, unfreeze_top_blocks  # noqa: E402
+from transferflow.training.backbones import get_spec  # noqa: E402
+from transferflow.training.model import BackbonePreprocess, build_classifier, unfreeze_top_blocks  # noqa: E402
 
 SPEC = get_spec("vgg16")
 SEED = 0

@@ -81,7 +81,7 @@ fine_epoch_s = (time.monotonic() - fine_started) / fine_epochs if fine_epochs el
 accuracy = model.evaluate(test, verbose=0)[1]
 seconds = time.monotonic() - started
 import numpy as np
-from transferflow.scoring import score  # the same metric code as transferflow's own report
+from transferflow.judging.scoring import score  # the same metric code as transferflow's own report
 labels = np.concatenate([y.numpy() for _, y in test])
 scores = score(labels, model.predict(test, verbose=0), test.class_names)
 print(json.dumps({"accuracy": float(accuracy), "head_accuracy": float(head), "seconds": seconds,

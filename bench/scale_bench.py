@@ -77,7 +77,7 @@ def in_fresh_bucket(function):
 
 def measure_preparation(args, photos: Path, weights: Path, engine: str, workers: int) -> dict:
     """The dataset stage on the photos at 32 px: images/s over the whole stage."""
-    from transferflow import phases
+    from transferflow.pipeline import phases
 
     settings = config(args, photos, weights, engine=engine, num_workers=workers, stream_threshold_mb=0)
     started = time.perf_counter()
@@ -89,7 +89,7 @@ def measure_preparation(args, photos: Path, weights: Path, engine: str, workers:
 
 def measure_training(args, dataset, backbone, head, engine: str, workers: int, settings) -> dict:
     """The fine-tuning phase: steady-state images/s (median epoch from the 2nd on) and wall time."""
-    from transferflow import phases
+    from transferflow.pipeline import phases
 
     run = settings.model_copy(update={"engine": engine, "num_workers": workers})
     logger, times = logging.getLogger(f"bench.train.{engine}{workers}"), EpochTimes()
@@ -186,8 +186,8 @@ def start_services(work: Path):
 
 
 def measure(args, work: Path):
-    from transferflow import phases
     from transferflow.devstack.samples import write_dataset, write_random_weights
+    from transferflow.pipeline import phases
 
     photos = write_dataset(work / "photos", classes=3, per_class=args.images // 3, size=args.photo_size)
     weights = write_random_weights(work / "vgg16.weights.h5")

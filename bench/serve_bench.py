@@ -2,7 +2,7 @@
 errors while the alias is moved under load.
 
 Setup: a local SeaweedFS (its own temp dir and ports), two versions of a real VGG16 classifier
-(transferflow.model.build_classifier: preprocessing, frozen VGG16, head; random weights, as a
+(transferflow.training.model.build_classifier: preprocessing, frozen VGG16, head; random weights, as a
 trained model has the same cost) registered as `bench`, version 1 in production.
 
 For --max-batch 32 (batching on), the same with --no-monitor (no monitoring windows recorded) and
@@ -53,10 +53,10 @@ def register_versions(size: int) -> None:
     import keras
 
     from transferflow import storage
-    from transferflow.backbones import construct, get_spec
-    from transferflow.model import build_classifier, save_to
     from transferflow.registry import Registry
     from transferflow.registry.documents import TrainingRecord
+    from transferflow.training.backbones import construct, get_spec
+    from transferflow.training.model import build_classifier, save_to
 
     spec = get_spec("vgg16")
     for seed in (1, 2):

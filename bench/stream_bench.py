@@ -25,7 +25,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 from transferflow import storage
 from transferflow.data import PrepareOptions, load_prepared, prepare_dataset
 storage.ensure_bucket()
-from transferflow.training import split_dataset
+from transferflow.training.fit import split_dataset
 folder, size, threshold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ref = prepare_dataset(folder, PrepareOptions(size, 0.1, 0.1, 0, stream_threshold_mb=threshold))
 data = load_prepared(ref)

@@ -73,7 +73,8 @@ def keras_recipe(weights_file: Path, train, val, blocks: tuple[str, ...], args) 
 
 def transferflow_phases(config, dataset, backbone) -> dict:
     """train_head then fine_tune, exactly as the flow's tasks run them."""
-    from transferflow import phases, publishing
+    from transferflow.pipeline import phases
+    from transferflow.publishing import stages as publishing
 
     started = time.perf_counter()
     head = phases.train_head(config, dataset, backbone, "bench-run", logger=QUIET)
@@ -86,10 +87,10 @@ def transferflow_phases(config, dataset, backbone) -> dict:
 
 def prepare(work: Path, args):
     """A generated dataset through the real dataset stage, a weights file, and the config."""
-    from transferflow import phases
     from transferflow.config import RetrainConfig
     from transferflow.data import load_prepared
     from transferflow.devstack.samples import write_dataset, write_random_weights
+    from transferflow.pipeline import phases
 
     folder = write_dataset(work / "shapes", classes=3, per_class=args.per_class)
     weights = write_random_weights(work / "vgg16-he.weights.h5", seed=1)
@@ -109,8 +110,8 @@ def main() -> None:
     parser.add_argument("--head-epochs", type=int, default=10)
     parser.add_argument("--fine-tune-epochs", type=int, default=2)
     args = parser.parse_args()
-    from transferflow import phases
     from transferflow.devstack import s3server
+    from transferflow.pipeline import phases
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -130,7 +131,7 @@ def main() -> None:
 
 def top_blocks(config) -> tuple[str, ...]:
     """The VGG16 blocks transferflow unfreezes for fine-tuning with this config."""
-    from transferflow.backbones import get_spec
+    from transferflow.training.backbones import get_spec
 
     blocks = get_spec("vgg16").blocks
     return tuple(blocks if config.fine_tune_blocks == "all" else blocks[-config.fine_tune_blocks:])

@@ -39,7 +39,7 @@ def ephemeral_timeout_message() -> str:
 def watch_here(prefixes: list[str], interval_s: float, debounce_s: float, polls: int | None = None) -> None:
     """`transferflow watch`: poll the prefixes and emit transferflow.dataset.changed (Prefect's API
     at PREFECT_API_URL) once each change has settled."""
-    from transferflow.watch import watch
+    from transferflow.retraining.watch import watch
     from transferflow_tasks.events import emit_dataset_changed
 
     watch(prefixes, emit_dataset_changed, interval_s, debounce_s, polls)

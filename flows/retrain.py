@@ -7,9 +7,9 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 
 from transferflow.config import RetrainConfig
-from transferflow.publishing import build_metadata
-from transferflow.timing import StageClock
-from transferflow.watch import DatasetChange, apply_change
+from transferflow.pipeline.timing import StageClock
+from transferflow.publishing.stages import build_metadata
+from transferflow.retraining.watch import DatasetChange, apply_change
 from transferflow_flows.naming import retrain_run_name
 from transferflow_tasks.backbone import build_backbone
 from transferflow_tasks.credentials import use_credentials_block

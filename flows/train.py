@@ -10,7 +10,7 @@ from prefect import flow
 from transferflow.config import RetrainConfig, TrainOn
 from transferflow.data import DatasetRef
 from transferflow.errors import ConfigError
-from transferflow.phases import BackboneRef, PhaseOutcome
+from transferflow.pipeline.phases import BackboneRef, PhaseOutcome
 from transferflow_flows.naming import train_run_name
 from transferflow_tasks.credentials import use_credentials_block
 from transferflow_tasks.training import run_phase, store_outcome

@@ -1,9 +1,9 @@
 from prefect import task
 from prefect.logging import get_run_logger
 
-from transferflow import phases
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
+from transferflow.pipeline import phases
 from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
 

@@ -3,11 +3,12 @@ from datetime import timedelta
 from prefect import task
 from prefect.logging import get_run_logger
 
-from transferflow import changes, phases
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
-from transferflow.preflight import preflight
-from transferflow.warmstart import resolve_init_from
+from transferflow.pipeline import phases
+from transferflow.pipeline.preflight import preflight
+from transferflow.retraining import changes
+from transferflow.training.warmstart import resolve_init_from
 from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
 

@@ -2,10 +2,11 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.logging import get_run_logger
 
-from transferflow import evaluation, publishing
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
-from transferflow.phases import PhaseOutcome
+from transferflow.judging import evaluation
+from transferflow.pipeline.phases import PhaseOutcome
+from transferflow.publishing import stages as publishing
 from transferflow.registry.documents import Calibration
 from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 

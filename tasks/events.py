@@ -6,8 +6,8 @@ import uuid
 from prefect.events import Event
 from prefect.events.clients import get_events_client
 
-from transferflow.naming import dataset_slug
-from transferflow.watch import EVENT, Change
+from transferflow.config.naming import dataset_slug
+from transferflow.retraining.watch import EVENT, Change
 
 
 def emit_dataset_changed(change: Change) -> None:

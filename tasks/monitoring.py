@@ -5,12 +5,13 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
-from transferflow import publishing, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
 from transferflow.monitoring import monitor as monitoring
 from transferflow.monitoring.chart import drift_chart_png
-from transferflow.phases import PhaseOutcome
+from transferflow.pipeline.phases import PhaseOutcome
+from transferflow.publishing import stages as publishing
 from transferflow.registry import Registry
 from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 from transferflow_tasks.reporting import _put_chart

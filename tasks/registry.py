@@ -1,10 +1,11 @@
 from prefect import task
 from prefect.logging import get_run_logger
 
-from transferflow import phases, publishing
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef
-from transferflow.promotion import PromotionDecision
+from transferflow.judging.promotion import PromotionDecision
+from transferflow.pipeline import phases
+from transferflow.publishing import stages as publishing
 from transferflow.registry.documents import Registration, TrainingRecord
 from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 

@@ -12,9 +12,9 @@ from prefect.exceptions import ObjectNotFound
 from prefect.logging import get_run_logger
 from prefect.states import Cancelled, Cancelling
 
-from transferflow import phases
 from transferflow.config import RetrainConfig, TrainOn
 from transferflow.errors import ConfigError, TrainingError
+from transferflow.pipeline import phases
 
 TRAIN_DEPLOYMENT = "train/gpu"
 POLL_S = 2.0

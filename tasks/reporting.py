@@ -8,9 +8,9 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from transferflow import storage
-from transferflow.charts import confusion_matrix_png, learning_curve_png
 from transferflow.registry.documents import Registration, TrainingRecord
-from transferflow.report import run_report
+from transferflow.reporting.charts import confusion_matrix_png, learning_curve_png
+from transferflow.reporting.report import run_report
 from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 
 CURVE_URL_LIFETIME_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live

@@ -2,10 +2,10 @@ from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
-from transferflow import phases
 from transferflow.config import RetrainConfig, TrainOn
 from transferflow.data import DatasetRef
-from transferflow.gate import GateDecision
+from transferflow.pipeline import phases
+from transferflow.training.gate import GateDecision
 
 
 def epoch_progress(phase: str):

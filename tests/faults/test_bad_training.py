@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from transferflow.errors import TrainingError
-from transferflow.training import fit_phase
+from transferflow.training.fit import fit_phase
 
 
 def tiny_model():

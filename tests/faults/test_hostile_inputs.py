@@ -422,7 +422,7 @@ def test_malformed_checksum_fragment_is_refused_before_downloading(bucket, http_
 
 @pytest.mark.parametrize("kind", ["other-architecture", "truncated"])
 def test_weights_that_do_not_fit_are_refused_before_training(tmp_path, random_weights, kind):
-    from transferflow.phases import build_backbone
+    from transferflow.pipeline.phases import build_backbone
 
     if kind == "other-architecture":  # VGG16 weights for VGG19: 5 layers would stay random
         config = RetrainConfig(dataset="unused", backbone="vgg19", weights=str(random_weights))

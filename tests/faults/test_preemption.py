@@ -13,9 +13,9 @@ import pytest
 
 from tests.conftest import Lines
 from transferflow import storage
-from transferflow.checkpoints import POINTER
 from transferflow.devstack.samples import sample_image
-from transferflow.training import fit_phase
+from transferflow.training.checkpoints import POINTER
+from transferflow.training.fit import fit_phase
 
 
 def learnable(n_per_class: int, seed: int):
@@ -55,7 +55,7 @@ def test_a_retried_phase_resumes_from_its_checkpoint(bucket):
 def test_checkpoints_follow_the_time_cadence_and_a_failed_upload_fails_the_phase(bucket, monkeypatch):
     from types import SimpleNamespace
 
-    from transferflow import checkpoints
+    from transferflow.training import checkpoints
 
     train, val = learnable(20, 0), learnable(5, 1)
     settings = dict(epochs=4, learning_rate=0.05, batch_size=8, patience=10, seed=0,
@@ -85,7 +85,7 @@ def test_checkpoints_follow_the_time_cadence_and_a_failed_upload_fails_the_phase
 PHASE = textwrap.dedent("""
     import logging, sys
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
-    from transferflow import phases
+    from transferflow.pipeline import phases
     from transferflow.config import RetrainConfig
     config = RetrainConfig(dataset=sys.argv[1], weights=sys.argv[2], image_size=32, head_epochs=6, patience=6,
                            head_learning_rate=1e-2, batch_size=8, cache_features=False,

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from transferflow import storage
-from transferflow.checkpoints import POINTER
 from transferflow.devstack import s3server
 from transferflow.errors import StorageError
 from transferflow.registry import Registry
+from transferflow.training.checkpoints import POINTER
 
 
 class Store:
@@ -74,8 +74,8 @@ def test_store_killed_while_a_version_is_published(store, monkeypatch):
 def test_store_killed_during_a_checkpoint_write_resumes_from_the_last_good_one(store, monkeypatch):
     import keras
 
-    from transferflow import checkpoints
-    from transferflow.training import fit_phase
+    from transferflow.training import checkpoints
+    from transferflow.training.fit import fit_phase
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 8)).astype("float32"), rng.integers(0, 3, 60).astype("int32")
@@ -127,7 +127,7 @@ def test_stale_uploads_beyond_one_page_are_all_aborted(store):
 
 
 def test_a_store_that_stays_down_fails_fast_naming_the_endpoint(store):
-    from transferflow import phases
+    from transferflow.pipeline import phases
 
     store.kill()
     sent = []

@@ -2,9 +2,10 @@
 
 import pytest
 
-from transferflow import phases, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.errors import WeightsError
+from transferflow.pipeline import phases
 
 
 def test_weights_load_from_s3(bucket, random_weights):
@@ -48,7 +49,7 @@ def test_efficientnet_weights_file_reproduces_the_imagenet_input_scaling(tmp_pat
     import keras
     import numpy as np
 
-    from transferflow.backbones import IMAGENET_STD_RGB, construct, get_spec
+    from transferflow.training.backbones import IMAGENET_STD_RGB, construct, get_spec
 
     mean, std = np.array([0.485, 0.456, 0.406], "float32"), np.array(IMAGENET_STD_RGB, "float32")
     saved = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
@@ -67,8 +68,8 @@ def test_rebuilding_keeps_normalisation_statistics():
     import keras
     import numpy as np
 
-    from transferflow.backbones import get_spec
-    from transferflow.model import build_classifier, rebuild_classifier
+    from transferflow.training.backbones import get_spec
+    from transferflow.training.model import build_classifier, rebuild_classifier
 
     base = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
     layer = next(x for x in base.layers if isinstance(x, keras.layers.Normalization))

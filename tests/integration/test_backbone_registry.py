@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from transferflow.backbones import BACKBONES, construct
-from transferflow.model import BACKBONE_LAYER, build_classifier, load_classifier, unfreeze_top_blocks
+from transferflow.training.backbones import BACKBONES, construct
+from transferflow.training.model import BACKBONE_LAYER, build_classifier, load_classifier, unfreeze_top_blocks
 
 NAMES = sorted(BACKBONES)
 

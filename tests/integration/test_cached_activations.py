@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import Lines
-from transferflow import activations, backbones, phases, storage
-from transferflow import model as modeling
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.data import load_prepared
-from transferflow.training import fit_phase
+from transferflow.pipeline import phases
+from transferflow.training import activations, backbones
+from transferflow.training import model as modeling
+from transferflow.training.fit import fit_phase
 
 pytestmark = pytest.mark.slow
 

@@ -5,14 +5,15 @@ the softened probabilities the calibration recorded."""
 import numpy as np
 import pytest
 
-from transferflow import phases, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.data import load_prepared
-from transferflow.phases import PhaseOutcome
-from transferflow.publishing import calibrate_model
+from transferflow.judging.scoring import expected_calibration_error, predict
+from transferflow.pipeline import phases
+from transferflow.pipeline.phases import PhaseOutcome
+from transferflow.publishing.stages import calibrate_model
 from transferflow.registry import Registry
 from transferflow.registry.documents import TrainingRecord
-from transferflow.scoring import expected_calibration_error, predict
 
 # Three classes of flat-coloured images whose colours overlap: class k's colour (on Keras's [-1, 1]
 # scale) is MEANS[k] plus Gaussian noise of SPREAD, so the best possible classifier is right about
@@ -52,7 +53,7 @@ def overconfident_model(classes: int = 3):
 
 @pytest.mark.slow
 def test_a_fitted_temperature_is_folded_saved_registered_and_answers_so(bucket, tmp_path):
-    from transferflow.model import load_model, save_to
+    from transferflow.training.model import load_model, save_to
 
     config = RetrainConfig(dataset=str(overlapping_colours(tmp_path / "colours")), image_size=32,
                            model_name="calibrated", val_fraction=0.3)

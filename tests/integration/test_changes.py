@@ -5,9 +5,9 @@ import pytest
 
 from tests.conftest import upload_folder
 from transferflow import storage
-from transferflow.changes import change_signature, check_changes
 from transferflow.config import RetrainConfig
 from transferflow.registry import Registry
+from transferflow.retraining.changes import change_signature, check_changes
 
 
 def register(name: str, config: RetrainConfig, alias: str | None = None) -> int:
@@ -96,7 +96,7 @@ def test_an_unpinned_url_is_compared_by_what_a_head_request_says(tmp_path):
     import threading
     from functools import partial
 
-    from transferflow.changes import dataset_signature
+    from transferflow.retraining.changes import dataset_signature
 
     (tmp_path / "photos.tar.gz").write_bytes(b"first upload")
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))

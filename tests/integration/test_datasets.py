@@ -278,8 +278,8 @@ def test_bytes_damaged_differently_twice_stay_transient(tmp_path):
 def test_the_dataset_cache_key_changes_when_the_store_is_wiped(bucket, sample_dataset):
     """Prefect caches the dataset stage outside the store: after `make clean` or a wiped bucket its
     cached result would name a prepared copy that is gone."""
-    from transferflow import phases
     from transferflow.config import RetrainConfig
+    from transferflow.pipeline import phases
 
     config = RetrainConfig(dataset=str(sample_dataset), weights="none")
     first = phases.dataset_cache_key(config)

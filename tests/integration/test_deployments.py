@@ -185,7 +185,7 @@ def stand_in_production(bucket: str, prefix: str, name: str) -> set[str]:
     import keras
 
     from transferflow.data import PrepareOptions, prepare_dataset, read_membership
-    from transferflow.model import save_to
+    from transferflow.training.model import save_to
 
     ref = prepare_dataset(prefix, PrepareOptions(32, 0.1, 0.1, seed=42), bucket=bucket)
     model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
@@ -210,7 +210,7 @@ def test_new_data_uploaded_in_three_parts_starts_one_on_data_run_judged_on_unsee
     prefix in three parts inside the debounce window: exactly one retrain/on-data run, trained on
     the final listing's fingerprint, and production compared only on images it never trained on."""
     from transferflow.devstack.samples import write_dataset
-    from transferflow.watch import listing_fingerprint
+    from transferflow.retraining.watch import listing_fingerprint
 
     seen = stand_in_production(stack_bucket, watched, "ondata")
     storage.upload_file(random_weights, stack_bucket, "weights/vgg16.weights.h5")

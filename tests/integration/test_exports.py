@@ -15,11 +15,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from transferflow import exports, phases, publishing, storage
+from transferflow import storage
 from transferflow.cli import main
 from transferflow.config import RetrainConfig
 from transferflow.data import load_prepared
 from transferflow.errors import ExportError, RegistryError
+from transferflow.pipeline import phases
+from transferflow.publishing import exports
+from transferflow.publishing import stages as publishing
 from transferflow.registry import Registry
 
 QUIET = logging.getLogger("test-exports")
@@ -77,7 +80,7 @@ def copy_of_version_1(run_id: str) -> int:
 
 
 def keras_and_test_split(shapes):
-    from transferflow.model import load_model
+    from transferflow.training.model import load_model
 
     x, y = load_prepared(shapes.dataset).splits["test"]
     return load_model("shapes:1").predict(x.astype(np.float32), verbose=0), x.astype(np.float32), y
@@ -232,7 +235,7 @@ def test_an_export_that_fails_its_check_is_not_published(shapes, monkeypatch, ca
 def test_serving_bytes_answers_as_predict_on_the_same_png_bytes(shapes, tmp_path):
     import tensorflow as tf
 
-    from transferflow.predict import predict
+    from transferflow.serving.predict import predict
 
     savedmodel = Registry().metadata("shapes", 1)["exports"]["savedmodel"]
     assert set(savedmodel["signatures"]) == {"serving_default", "serving_bytes"}

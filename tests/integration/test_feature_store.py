@@ -4,8 +4,9 @@ import logging
 
 import pytest
 
-from transferflow import phases, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
+from transferflow.pipeline import phases
 
 
 class Collect(logging.Handler):

@@ -14,7 +14,7 @@ import pytest
 from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.errors import ConfigError, RegistryError, TrainingError
-from transferflow.phases import PhaseOutcome
+from transferflow.pipeline.phases import PhaseOutcome
 from transferflow_tasks import remote
 
 LOG = logging.getLogger(__name__)
@@ -150,11 +150,11 @@ def test_a_running_child_past_its_limit_and_grace_is_cancelled(gpu_deployment, m
 @pytest.fixture
 def registered(bucket, sample_dataset):
     """A small classifier registered as m:1 with its real test accuracy, and that accuracy."""
-    from transferflow import backbones
-    from transferflow import model as modeling
     from transferflow.data import PrepareOptions, load_prepared, prepare_dataset
     from transferflow.registry import Registry
-    from transferflow.training import evaluate
+    from transferflow.training import backbones
+    from transferflow.training import model as modeling
+    from transferflow.training.fit import evaluate
 
     dataset = prepare_dataset(str(sample_dataset), PrepareOptions(32, 0.1, 0.1, 0))
     spec = backbones.get_spec("mobilenet_v3_small")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import Lines
-from transferflow import phases
 from transferflow.config import RetrainConfig
 from transferflow.devstack.samples import write_dataset
 from transferflow.errors import DatasetError
+from transferflow.pipeline import phases
 
 
 def leaky_folder(root):

@@ -107,7 +107,7 @@ def tiny_classifier(seed: int, classes: int = 3):
 
 def register_on(name: str, seed: int, dataset) -> int:
     """A tiny classifier registered as trained on a prepared dataset (no reference: as before)."""
-    from transferflow.model import save_to
+    from transferflow.training.model import save_to
 
     uri = f"s3://{storage.bucket_name()}/staging/{name}-{seed}.keras"
     digest, size = save_to(tiny_classifier(seed, len(dataset.class_names)), uri)

@@ -12,8 +12,9 @@ import logging
 import numpy as np
 import pytest
 
-from transferflow import publishing, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
+from transferflow.publishing import stages as publishing
 from transferflow.registry import Registry
 from transferflow.registry.documents import TrainingRecord
 
@@ -71,7 +72,7 @@ def answers_with(truth: dict[int, int], wrong: dict[int, int]) -> dict[int, int]
 
 def register_production(name: str, model, recorded_accuracy: float, classes=CLASSES) -> int:
     """Register a model as production, with the test accuracy it recorded on its own (old) split."""
-    from transferflow.model import save_to
+    from transferflow.training.model import save_to
 
     bucket = storage.bucket_name()
     uri = f"s3://{bucket}/staging/{name}-champion.keras"
@@ -92,8 +93,8 @@ def register_production(name: str, model, recorded_accuracy: float, classes=CLAS
 
 def challenger_decision(root, name: str, model, **overrides):
     """Prepare the dataset, stage the challenger, score it and run the gate, as the flow does."""
-    from transferflow import phases
-    from transferflow.model import save_to
+    from transferflow.pipeline import phases
+    from transferflow.training.model import save_to
 
     config = RetrainConfig(dataset=str(root), image_size=SIZE, model_name=name, weights="none", **overrides)
     dataset = phases.download_dataset(config, logger=QUIET)
@@ -163,7 +164,7 @@ def test_a_changed_class_set_is_refused_unless_allowed(bucket, marked):
 
 
 def test_the_golden_set_is_stored_once_and_scored_for_both_models(bucket, marked, tmp_path):
-    from transferflow.evaluation import store_golden
+    from transferflow.judging.evaluation import store_golden
 
     root, truth = marked
     golden_root, golden_truth = marked_dataset(tmp_path / "golden", first_marker=52, per_class=4, seed=1)
@@ -186,8 +187,8 @@ def test_the_golden_set_is_stored_once_and_scored_for_both_models(bucket, marked
 
 
 def test_production_is_scored_at_its_own_image_size_on_the_same_images(bucket, sample_dataset):
-    from transferflow import phases
-    from transferflow.evaluation import prepared_at
+    from transferflow.judging.evaluation import prepared_at
+    from transferflow.pipeline import phases
 
     config = RetrainConfig(dataset=str(sample_dataset), image_size=32, weights="none")
     small = phases.download_dataset(config, logger=QUIET)
@@ -199,9 +200,9 @@ def test_production_is_scored_at_its_own_image_size_on_the_same_images(bucket, s
 
 
 def test_a_golden_set_with_a_class_the_dataset_lacks_fails_before_training(bucket, marked, tmp_path):
-    from transferflow import phases
     from transferflow.errors import DatasetError
-    from transferflow.evaluation import store_golden
+    from transferflow.judging.evaluation import store_golden
+    from transferflow.pipeline import phases
 
     root, _ = marked
     other = tmp_path / "other-golden"
@@ -220,9 +221,9 @@ def test_production_without_recorded_digests_is_matched_by_decoded_pixels(bucket
     production is compared on the whole test split with a warning in the reason."""
     import keras
 
-    from transferflow import phases
     from transferflow.data import PrepareOptions, prepare_dataset, read_membership
-    from transferflow.model import save_to
+    from transferflow.pipeline import phases
+    from transferflow.training.model import save_to
 
     old = prepare_dataset(str(sample_dataset), PrepareOptions(SIZE, 0.1, 0.1, seed=42))
     model = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.GlobalAveragePooling2D(),

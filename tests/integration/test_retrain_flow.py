@@ -88,7 +88,7 @@ def test_retrain_registers_a_versioned_model(prefect_server, bucket, s3_inputs):
     assert [c["name"] for c in meta["promotion"]["checks"]] == ["floor", "production"]
     assert list(storage.list_keys(bucket, "runs/")) == []  # staged copies cleaned up
 
-    from transferflow.model import load_from  # the registered bytes load and predict
+    from transferflow.training.model import load_from  # the registered bytes load and predict
     model = load_from(meta["artifact"]["uri"])
     assert model.output_shape == (None, 3)
 

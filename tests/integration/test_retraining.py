@@ -62,9 +62,9 @@ def test_retraining_left_running(prefect_server, bucket, weights_uri, tmp_path):
     data and configuration, ends Skipped before any download. Then the data grows by a third, the
     team raises test_fraction, and the third run warm-starts from production: production is judged
     only on the new test images it never trained or validated on (checked on digests)."""
-    from transferflow.changes import check_changes
     from transferflow.data import load_prepared, ref_for
-    from transferflow.model import load_model
+    from transferflow.retraining.changes import check_changes
+    from transferflow.training.model import load_model
     from transferflow_flows.retrain import retrain
 
     root = write_dataset(tmp_path / "photos", classes=3, per_class=30)

@@ -46,7 +46,7 @@ def tiny_classifier(seed: int):
 
 
 def register(seed: int) -> int:
-    from transferflow.model import save_to
+    from transferflow.training.model import save_to
 
     uri = f"s3://{storage.bucket_name()}/staging/{NAME}-{seed}.keras"
     digest, size = save_to(tiny_classifier(seed), uri)
@@ -159,7 +159,7 @@ def test_classify_answers_what_transferflow_predict_answers(client, images):
 
 
 def test_tf_serving_predict_and_status_answer_as_tf_serving_does(client):
-    from transferflow.model import load_model
+    from transferflow.training.model import load_model
 
     pixels = np.random.default_rng(3).integers(0, 256, (3, SIZE, SIZE, 3))
     answer = client.post(f"/v1/models/{NAME}:predict", json={"instances": pixels.tolist()})

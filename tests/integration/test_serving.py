@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from tests.integration.test_cli import run_cli
-from transferflow import phases, publishing, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.errors import RegistryError
+from transferflow.pipeline import phases
+from transferflow.publishing import stages as publishing
 from transferflow.registry import Registry
 
 QUIET = logging.getLogger("test-serving")
@@ -38,7 +40,7 @@ def registered(bucket, sample_dataset, random_weights):
 def test_a_version_carries_a_savedmodel_and_a_model_card(registered, tmp_path):
     import tensorflow as tf
 
-    from transferflow.model import load_model
+    from transferflow.training.model import load_model
 
     result, dataset = registered
     meta = Registry().metadata("shapes", 1)
@@ -64,7 +66,7 @@ def test_a_version_carries_a_savedmodel_and_a_model_card(registered, tmp_path):
 
 def test_predict_matches_the_model_on_the_same_images(registered):
     from transferflow.data import decode_images
-    from transferflow.model import load_model
+    from transferflow.training.model import load_model
 
     _, dataset = registered
     files = sorted((dataset / "class_1").iterdir())[:3]
@@ -83,7 +85,7 @@ def test_predict_matches_the_model_on_the_same_images(registered):
 
 
 def test_a_tampered_artifact_is_refused_by_load_model(registered):
-    from transferflow.model import load_model
+    from transferflow.training.model import load_model
 
     key = "models/shapes/versions/000001/model.keras"
     storage.client().put_object(Bucket=storage.bucket_name(), Key=key, Body=b"not the evaluated model")

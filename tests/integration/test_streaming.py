@@ -5,11 +5,13 @@ import logging
 import numpy as np
 import pytest
 
-from transferflow import phases, publishing, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.data import PrepareOptions, load_prepared, prepare_dataset, records
 from transferflow.errors import DatasetError
-from transferflow.training import split_dataset, split_labels
+from transferflow.pipeline import phases
+from transferflow.publishing import stages as publishing
+from transferflow.training.fit import split_dataset, split_labels
 
 IN_MEMORY = PrepareOptions(image_size=32, val_fraction=0.2, test_fraction=0.2, seed=3)
 STREAMED = PrepareOptions(**{**IN_MEMORY.__dict__, "stream_threshold_mb": 0})

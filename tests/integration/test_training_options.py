@@ -8,8 +8,9 @@ import shutil
 import pytest
 
 from tests.conftest import Lines
-from transferflow import phases, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
+from transferflow.pipeline import phases
 
 pytestmark = pytest.mark.slow
 

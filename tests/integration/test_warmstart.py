@@ -9,7 +9,7 @@ from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.errors import ConfigError, RegistryError
 from transferflow.registry import Registry
-from transferflow.warmstart import check_init_classes, resolve_init_from, warm_start
+from transferflow.training.warmstart import check_init_classes, resolve_init_from, warm_start
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -17,8 +17,8 @@ CLASSES = ["cat", "dog", "fox"]
 def classifier(classes: int = 3, seed: int = 0):
     import keras
 
-    from transferflow.backbones import construct, get_spec
-    from transferflow.model import build_classifier
+    from transferflow.training.backbones import construct, get_spec
+    from transferflow.training.model import build_classifier
 
     keras.utils.set_random_seed(seed)
     spec = get_spec("vgg16")
@@ -28,7 +28,7 @@ def classifier(classes: int = 3, seed: int = 0):
 def register(bucket, name: str, model=None) -> None:
     """NAME:1 in production: VGG16 on CLASSES at 32 px; a real model's bytes only when one is given
     (the refusals read the metadata alone)."""
-    from transferflow.model import save_to
+    from transferflow.training.model import save_to
 
     uri = f"s3://{bucket}/staging/{name}.keras"
     if model is not None:

@@ -6,8 +6,8 @@ except the last, which runs the polling loop for about a second."""
 import pytest
 
 from transferflow import storage
+from transferflow.retraining.watch import Watcher, WatchState, listing_fingerprint, state_key, watch
 from transferflow.storage import PreconditionFailed
-from transferflow.watch import Watcher, WatchState, listing_fingerprint, state_key, watch
 
 
 @pytest.fixture

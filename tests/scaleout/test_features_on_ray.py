@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from transferflow import backbones, phases
 from transferflow.config import RetrainConfig
 from transferflow.data import load_prepared, prepare_dataset
+from transferflow.pipeline import phases
+from transferflow.training import backbones
 
 pytestmark = pytest.mark.slow
 
@@ -17,9 +18,9 @@ def test_features_computed_on_ray_are_the_local_ones_and_a_local_run_reuses_them
     import keras
     import numpy as np
 
-    from transferflow import model as modeling
-    from transferflow.compute import compute_scope
-    from transferflow.training import extract_features
+    from transferflow.training import model as modeling
+    from transferflow.training.compute import compute_scope
+    from transferflow.training.fit import extract_features
 
     on_ray = RetrainConfig(dataset=str(sample_dataset), weights=str(random_weights), image_size=32,
                            batch_size=16, engine="ray", num_workers=2)

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import Lines
-from transferflow import phases, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.data import load_prepared, prepare_dataset, read_membership
 from transferflow.errors import DatasetError
+from transferflow.pipeline import phases
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,12 @@ import time
 import pytest
 
 from tests.conftest import Lines
-from transferflow import phases, publishing, storage
+from transferflow import storage
 from transferflow.config import RetrainConfig
+from transferflow.pipeline import phases
+from transferflow.publishing import stages as publishing
 from transferflow.registry import Registry
-from transferflow.report import run_report
+from transferflow.reporting.report import run_report
 
 pytestmark = pytest.mark.slow
 
@@ -191,8 +193,8 @@ def test_a_worker_that_is_not_the_chief_resumes_from_its_checkpoint_and_writes_n
     import keras
     import numpy as np
 
-    from transferflow.checkpoints import POINTER
-    from transferflow.training import fit_phase
+    from transferflow.training.checkpoints import POINTER
+    from transferflow.training.fit import fit_phase
 
     def model():
         keras.utils.set_random_seed(0)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from transferflow.compute import Accelerator, plan_compute
 from transferflow.config import RetrainConfig
+from transferflow.training.compute import Accelerator, plan_compute
 
 A100 = Accelerator("NVIDIA A100", (8, 0))
 T4 = Accelerator("Tesla T4", (7, 5))

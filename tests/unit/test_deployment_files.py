@@ -34,7 +34,7 @@ def test_gpu_pools_pin_and_request_gpus():
 def test_learning_curve_is_a_png_of_the_expected_size():
     import struct
 
-    from transferflow.charts import HEIGHT, WIDTH, learning_curve_png
+    from transferflow.reporting.charts import HEIGHT, WIDTH, learning_curve_png
 
     png = learning_curve_png([{"accuracy": [0.5, 0.7], "val_accuracy": [0.4, 0.6],
                                "loss": [1.0, 0.5], "val_loss": [1.1, float("nan")]}])

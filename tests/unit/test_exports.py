@@ -7,11 +7,11 @@ import io
 import numpy as np
 import pytest
 
-from transferflow import exports
 from transferflow.cli import build_parser, parse_config
 from transferflow.cli.exports import export_name
 from transferflow.config import RetrainConfig
 from transferflow.errors import CLIError, ConfigError, ExportError
+from transferflow.publishing import exports
 from transferflow.registry.layout import export_file, pulled_name
 
 
@@ -106,7 +106,7 @@ def encoded(array: np.ndarray, kind: str) -> bytes:
 ])
 def test_serving_bytes_decodes_exactly_as_training(tmp_path, height, width, kind):
     from transferflow.data import decode_images
-    from transferflow.model import serving_decoder
+    from transferflow.training.model import serving_decoder
 
     rng = np.random.default_rng(height)
     ramp = np.linspace(0, 200, width)[None, :, None]

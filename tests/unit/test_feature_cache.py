@@ -7,11 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from transferflow.backbones import get_spec
-from transferflow.compute import compute_scope, plan_compute
 from transferflow.devstack.samples import sample_image
-from transferflow.model import STANDARDIZE_LAYER, build_classifier, rebuild_classifier, unfreeze_top_blocks
-from transferflow.training import (
+from transferflow.training.backbones import get_spec
+from transferflow.training.compute import compute_scope, plan_compute
+from transferflow.training.fit import (
     balanced_class_weights,
     compile_for,
     extract_features,
@@ -19,6 +18,12 @@ from transferflow.training import (
     fit_phase,
     learning_rate_for,
     make_dataset,
+)
+from transferflow.training.model import (
+    STANDARDIZE_LAYER,
+    build_classifier,
+    rebuild_classifier,
+    unfreeze_top_blocks,
 )
 
 QUIET = logging.getLogger("test")

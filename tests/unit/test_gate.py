@@ -1,4 +1,4 @@
-from transferflow.gate import fine_tune_gate, keep_fine_tuned
+from transferflow.training.gate import fine_tune_gate, keep_fine_tuned
 
 
 def test_gate_passes_at_or_above_threshold():

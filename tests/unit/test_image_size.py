@@ -39,7 +39,7 @@ def _bmp_header(width: int, height: int) -> bytes:
 
 
 def test_auto_upscales_photos_below_the_size_where_the_last_block_sees_a_2x2_map():
-    from transferflow.backbones import BACKBONES, MIN_FINAL_MAP, get_spec
+    from transferflow.training.backbones import BACKBONES, MIN_FINAL_MAP, get_spec
 
     assert get_spec("vgg16").auto_bounds() == (64, 224)
     assert get_spec("xception").auto_bounds() == (71, 299)  # its own minimum is higher

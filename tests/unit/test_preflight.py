@@ -7,10 +7,10 @@ import pytest
 from pydantic import ValidationError
 
 from transferflow import cli
-from transferflow.backbones import damaged_weights
 from transferflow.config import RetrainConfig
 from transferflow.errors import ConfigError, DatasetError, WeightsError
-from transferflow.preflight import check_dataset, check_weights, preflight
+from transferflow.pipeline.preflight import check_dataset, check_weights, preflight
+from transferflow.training.backbones import damaged_weights
 
 
 def weights_file(path, keep_bytes: int | None = None):
@@ -92,7 +92,7 @@ def test_an_unmirrored_source_on_a_host_that_does_not_resolve_is_refused_before_
 
     from transferflow import storage
     from transferflow.errors import PermanentDownloadError
-    from transferflow.preflight import check_dataset
+    from transferflow.pipeline.preflight import check_dataset
 
     monkeypatch.setattr(storage, "get_json", lambda bucket, key: None)  # nothing mirrored
     with pytest.raises(PermanentDownloadError, match=r"--dataset http://example.invalid/x.tar.gz: cannot "

@@ -5,7 +5,7 @@ import logging
 import keras
 import numpy as np
 
-from transferflow.training import fit_phase
+from transferflow.training.fit import fit_phase
 
 
 def test_progress_reaches_100_percent_when_early_stopping_ends_training():

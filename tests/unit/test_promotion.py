@@ -3,8 +3,8 @@ same-images checks (metric, per-class recall, McNemar)."""
 
 import numpy as np
 
-from transferflow.promotion import Champion, PromotionRule, promotion_gate
-from transferflow.scoring import scored
+from transferflow.judging.promotion import Champion, PromotionRule, promotion_gate
+from transferflow.judging.scoring import scored
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -158,7 +158,7 @@ def test_without_auto_promote_a_blessed_version_becomes_a_candidate():
 
 
 def test_production_answers_are_reindexed_into_the_new_versions_class_order():
-    from transferflow.publishing import _in_order
+    from transferflow.publishing.stages import _in_order
 
     old_order = ["fox", "cat", "dog"]  # production's output columns
     produced = answers([1, 2, 0], [1, 0, 0], old_order)  # cat right, dog called fox, fox right
@@ -231,7 +231,7 @@ def test_the_chosen_metric_decides_where_accuracy_and_macro_f1_disagree():
 
 
 def test_production_is_compared_only_on_images_it_never_trained_on():
-    from transferflow.comparison_set import comparison_set
+    from transferflow.judging.comparison_set import comparison_set
 
     digests = [f"d{i}" for i in range(60)]
     seen = {f"d{i}" for i in range(0, 60, 4)}  # production trained on every 4th test image: 15 of them
@@ -255,7 +255,7 @@ def test_production_is_compared_only_on_images_it_never_trained_on():
 
 
 def test_too_few_unseen_images_skip_the_comparison_and_mark_the_version_candidate():
-    from transferflow.comparison_set import ComparisonSet
+    from transferflow.judging.comparison_set import ComparisonSet
 
     chosen = ComparisonSet(keep=[0, 20, 40, 59], excluded=56)
     decision = promotion_gate(PromotionRule(), {"test": answers(LABELS, LABELS)}, CLASSES,
@@ -273,7 +273,7 @@ def test_too_few_unseen_images_skip_the_comparison_and_mark_the_version_candidat
 
 
 def test_production_without_recorded_digests_is_compared_on_everything_and_flagged():
-    from transferflow.comparison_set import comparison_set
+    from transferflow.judging.comparison_set import comparison_set
 
     decision = promotion_gate(PromotionRule(), {"test": answers(LABELS, LABELS)}, CLASSES,
                               Champion(3, CLASSES, {"test": answers(LABELS, LABELS)},
@@ -285,7 +285,7 @@ def test_production_without_recorded_digests_is_compared_on_everything_and_flagg
 
 
 def test_a_class_left_without_unseen_images_is_named_and_its_recall_not_compared():
-    from transferflow.comparison_set import ComparisonSet
+    from transferflow.judging.comparison_set import ComparisonSet
 
     champion = answers(LABELS, LABELS)
     challenger = answers(LABELS, flipped({i: 0 for i in range(40, 60)}))  # every fox wrong: only on seen ones

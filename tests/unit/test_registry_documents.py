@@ -4,7 +4,6 @@ keys, the alias history as an undo stack, and the diff's flattening."""
 import json
 from pathlib import Path
 
-from transferflow.card import model_card
 from transferflow.registry import (
     SCHEMA_VERSION,
     AliasDocument,
@@ -18,7 +17,8 @@ from transferflow.registry import (
     version_stack,
 )
 from transferflow.registry.layout import alias_key, alias_of_key, version_of_key
-from transferflow.report import run_report
+from transferflow.reporting.card import model_card
+from transferflow.reporting.report import run_report
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 

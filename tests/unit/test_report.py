@@ -9,13 +9,13 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from transferflow.card import model_card
-from transferflow.charts import confusion_matrix_png, learning_curve_png
 from transferflow.data.leakage import LeakageReport
-from transferflow.promotion import PromotionDecision
+from transferflow.judging.promotion import PromotionDecision
 from transferflow.registry import Registration, TrainingRecord, VersionMetadata, headline_metrics
 from transferflow.registry.compare import diff
-from transferflow.report import run_report
+from transferflow.reporting.card import model_card
+from transferflow.reporting.charts import confusion_matrix_png, learning_curve_png
+from transferflow.reporting.report import run_report
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CLASSES = ["cat", "dog", "fox", "owl"]
@@ -36,7 +36,7 @@ def scores(accuracy: float, images: int, **extra) -> dict:
 
 
 def promotion() -> dict:
-    """A decision as transferflow.promotion.promotion_gate dumps it: production v3 compared on test."""
+    """A decision as judging.promotion.promotion_gate dumps it: production v3 compared on test."""
     comparison = {"images": 200, "mcnemar": {"champion_only": 7, "challenger_only": 19, "p_worse": 0.9953,
                                              "p_two_sided": 0.0290},
                   "challenger": {"accuracy": 0.75, "macro_f1": 0.7607, "recall": {c: 0.8 for c in CLASSES}},
@@ -203,7 +203,7 @@ def test_the_report_shows_where_the_time_went_stage_by_stage():
 
 
 def test_the_stage_clock_counts_each_stage_and_moves_the_features_out_of_the_head():
-    from transferflow.timing import STAGES, StageClock, mark_handover
+    from transferflow.pipeline.timing import STAGES, StageClock, mark_handover
 
     mark_handover()  # as `transferflow train` does before it starts the flow
     clock = StageClock()

@@ -13,7 +13,7 @@ import yaml
 
 from transferflow.config import RetrainConfig
 from transferflow.errors import ConfigError
-from transferflow.preflight import preflight
+from transferflow.pipeline.preflight import preflight
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "transferflow"
@@ -51,7 +51,8 @@ def test_importing_and_checking_a_local_run_loads_no_ray():
     """The modules a local run imports before training, and the scaleout modules themselves (they
     import Ray only inside the functions that use it)."""
     code = ("import sys\n"
-            "import transferflow.cli, transferflow.phases, transferflow.preflight, transferflow.features\n"
+            "import transferflow.cli, transferflow.pipeline.phases, transferflow.pipeline.preflight\n"
+            "import transferflow.training.features\n"
             "from transferflow.config import RetrainConfig\n"
             "assert 'ray' not in sys.modules, 'the local path imported ray'\n"
             "import importlib, pkgutil, transferflow.scaleout as scaleout\n"

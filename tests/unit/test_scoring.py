@@ -6,8 +6,8 @@ from math import comb
 import numpy as np
 import pytest
 
-from transferflow.calibration import calibration_plan, fit_temperature, with_temperature
-from transferflow.scoring import expected_calibration_error, mcnemar, score
+from transferflow.judging.calibration import calibration_plan, fit_temperature, with_temperature
+from transferflow.judging.scoring import expected_calibration_error, mcnemar, score
 
 
 def exact_mcnemar_reference(b: int, c: int) -> tuple[float, float]:
@@ -121,7 +121,7 @@ def test_a_fitted_temperature_that_would_raise_the_error_is_not_applied():
 def test_the_temperature_folds_into_a_keras_classifier_exactly():
     import keras
 
-    from transferflow.calibration import fold_temperature
+    from transferflow.judging.calibration import fold_temperature
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="classifier")(inputs))

@@ -40,8 +40,7 @@ def add_dataset_commands(commands) -> None:
 
 
 def cmd_datasets_list(args: argparse.Namespace) -> int:
-    from transferflow import catalog
-    from transferflow.data import mirror
+    from transferflow.data import catalog, mirror
 
     bucket = storage.bucket_name()
     variants, mirrors = catalog.prepared(bucket), mirror.entries(bucket)
@@ -60,7 +59,7 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets_show(args: argparse.Namespace) -> int:
-    from transferflow import catalog
+    from transferflow.data import catalog
 
     if args.splits:
         return _show_splits(args)
@@ -89,7 +88,7 @@ def cmd_datasets_show(args: argparse.Namespace) -> int:
 
 def _show_splits(args: argparse.Namespace) -> int:
     """Every image of one prepared variant with its class, content digest and split."""
-    from transferflow import catalog
+    from transferflow.data import catalog
 
     found = catalog.membership(storage.bucket_name(), args.reference, args.fingerprint)
     if args.json:
@@ -108,7 +107,7 @@ def cmd_datasets_prefetch(args: argparse.Namespace) -> int:
     config = parse_config({**config_values(args, PREPARE_FIELDS), "dataset": args.dataset})
     storage.ensure_bucket()
     tflogs.import_tensorflow(args.verbose)
-    from transferflow import phases
+    from transferflow.pipeline import phases
 
     ref = phases.download_dataset(config, logger=logging.getLogger("transferflow.prefetch"))
     print(f"prepared   {ref.name} ({ref.image_size}px, {total_images(ref.counts)} images, fingerprint "

@@ -36,7 +36,7 @@ def add_evaluation_commands(commands, reference: str) -> None:
 
 def cmd_models_evaluate(args: argparse.Namespace) -> int:
     tflogs.import_tensorflow(args.verbose)
-    from transferflow.evaluation import evaluate_reference
+    from transferflow.judging.evaluation import evaluate_reference
 
     result = evaluate_reference(args.reference, args.dataset, args.split)
     if args.json:
@@ -70,7 +70,7 @@ def cmd_models_golden(args: argparse.Namespace) -> int:
         return 0
     if args.dataset:
         tflogs.import_tensorflow(args.verbose)  # decoding the images to check them
-        from transferflow.evaluation import store_golden
+        from transferflow.judging.evaluation import store_golden
 
         golden = store_golden(args.name, args.dataset)
     else:

@@ -44,7 +44,7 @@ def export_name(export_format: str, int8: bool) -> str:
 def cmd_models_export(args: argparse.Namespace) -> int:
     name = export_name(args.export_format, args.int8)
     tflogs.import_tensorflow(args.verbose)
-    from transferflow.exports import export_registered
+    from transferflow.publishing.exports import export_registered
 
     listed = export_registered(args.reference, name)
     if args.json:

@@ -26,7 +26,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise CLIError("--top-k must be at least 1")
     tflogs.import_tensorflow(args.verbose)
-    from transferflow.predict import predict
+    from transferflow.serving.predict import predict
 
     model, predictions = predict(args.reference, args.images, args.top_k)
     if args.json:

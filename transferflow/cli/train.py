@@ -7,8 +7,8 @@ import importlib
 
 from transferflow import storage, tflogs
 from transferflow.cli.flags import add_config_flags, add_verbose_flag, config_values, parse_config
-from transferflow.preflight import preflight
-from transferflow.timing import mark_handover, table
+from transferflow.pipeline.preflight import preflight
+from transferflow.pipeline.timing import mark_handover, table
 
 # The Prefect wiring of `train` lives in flows/entry.py; the CLI reaches it only by this name.
 TRAIN_ENTRY_POINT = "transferflow_flows.entry:train_here"

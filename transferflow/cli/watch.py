@@ -1,4 +1,4 @@
-"""`transferflow watch`: a run when data lands (transferflow.watch; the stack starts it)."""
+"""`transferflow watch`: a run when data lands (transferflow.retraining.watch; the stack starts it)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 
 from transferflow.cli.train import entry_point
 from transferflow.errors import CLIError
-from transferflow.watch import DEFAULT_DEBOUNCE_S, DEFAULT_INTERVAL_S
+from transferflow.retraining.watch import DEFAULT_DEBOUNCE_S, DEFAULT_INTERVAL_S
 
 # The Prefect side (the event emitter) lives in flows/entry.py, reached only by this name.
 WATCH_ENTRY_POINT = "transferflow_flows.entry:watch_here"

@@ -9,7 +9,8 @@ store.
     store      the prepared copy in S3 (DatasetRef manifest, npz or TFRecord shards) and loading it
     leakage    exact and near duplicates between train and test, found while the images are written
     prepare    the stage itself: prepare_dataset
-Beside them: builtins (the built-in datasets), downloads, mirror, records (TFRecord shards).
+Beside them: builtins (the built-in datasets), downloads, mirror, records (TFRecord shards), catalog
+(what `transferflow datasets` lists: prepared copies, their membership).
 
 Sources: a built-in name (cifar10), an http(s) archive URL (optional #sha256=... fragment),
 s3://bucket/prefix/ (folder or archive), or a local folder / archive / file:// URI.

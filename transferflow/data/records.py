@@ -5,7 +5,7 @@ tf.train.Examples with the raw uint8 pixels and the label, plus `<split>-labels.
 labels alone, small, for class counts and class weights). Training reads the shards from
 the local cache with parallel interleave and parse, a bounded shuffle buffer and prefetch,
 so memory stays flat however many images there are. The same shards hold other arrays too
-(a StreamSplit with `shape` and `dtype`): the backbone's cached activations (activations.py).
+(a StreamSplit with `shape` and `dtype`): the backbone's cached activations (training/activations.py).
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def write_random_weights(path: Path, backbone: str = "vgg16", seed: int = 0) -> 
     """
     import keras
 
-    from transferflow.backbones import construct, get_spec
+    from transferflow.training.backbones import construct, get_spec
 
     model = construct(get_spec(backbone), 32, None)
     init = keras.initializers.HeNormal(seed=seed)

@@ -1,5 +1,5 @@
 """The monitor's chart: each window's adjusted p-values over time (drift below the alpha line) and
-its traffic, as PNG bytes (matplotlib on an Agg canvas, like transferflow.charts)."""
+its traffic, as PNG bytes (matplotlib on an Agg canvas, like transferflow.reporting.charts)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import datetime
 import numpy as np
 from matplotlib.figure import Figure
 
-from transferflow.charts import DPI, _png
+from transferflow.reporting.charts import DPI, _png
 
 TESTS = {"class_mix": "tab:blue", "confidence": "tab:orange", "features": "tab:green"}
 P_FLOOR = 1e-4  # p-values below are drawn at the floor, so that one tiny value does not squash the rest

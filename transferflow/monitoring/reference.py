@@ -36,7 +36,7 @@ REFERENCE_SPLITS = ("test", "val")
 def reference_sketch(model, classes: list[str], dataset, batch_size: int = 64) -> Sketch:
     """The statistics of the model's answers on the dataset's test and val splits."""
     from transferflow.data import load_prepared
-    from transferflow.training import split_dataset
+    from transferflow.training.fit import split_dataset
 
     prepared = load_prepared(dataset)
     viewer = with_features(model)
@@ -109,9 +109,9 @@ def load_reference(name: str, version: int, compute: bool = True, logger=log) ->
 def compute_reference(name: str, version: int, logger=log) -> bytes:
     """On demand, for a version registered without a reference: its model on its recorded test and
     val splits; then listed in its metadata so that it is computed once."""
-    from transferflow import model as modeling
     from transferflow.data import ref_for
     from transferflow.registry import Registry
+    from transferflow.training import model as modeling
 
     registry = Registry()
     meta = registry.record(name, version)

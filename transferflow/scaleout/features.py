@@ -1,5 +1,5 @@
 """Backbone features on Ray (engine ray): the frozen backbone runs over the prepared shards with
-map_batches on every worker. The caller (phases.head_features) stores the result in the feature
+map_batches on every worker. The caller (training.local.head_features) stores the result in the feature
 store under the key the local path uses, so a later local run, or another head, reuses it.
 
 The extractor (preprocessing, frozen backbone, pooling: what the head sees) is built by the driver
@@ -27,13 +27,23 @@ from transferflow.scaleout.cluster import Session, actors_for, cluster_facts, de
 log = logging.getLogger(__name__)
 
 
+def head_features_on_ray(config, dataset: DatasetRef, key, classifier, data, plan,
+                         logger=log) -> tuple[dict[str, np.ndarray], dict]:
+    """training.local.head_features' `compute` for engine ray: the same features, keys and store,
+    with the backbone run on every worker; the info holds the cluster's facts under "ray"."""
+    features, facts = extract_on_ray(classifier, dataset, ("train", "val"),
+                                     plan.global_batch(config.batch_size), config.num_workers,
+                                     config.gpus_per_worker, logger)
+    return features, {"ray": facts}
+
+
 def extract_on_ray(classifier, dataset: DatasetRef, splits: tuple[str, ...], batch_size: int,
                    num_workers: int, gpus_per_worker: float = 0.0,
                    logger=log) -> tuple[dict[str, np.ndarray], dict]:
     """The pooled backbone output for each split's images, computed on the cluster, and the
     cluster's facts. A dataset in the in-memory format (prepared by engine local) has no shards
     to spread: it is computed here, as the local path does."""
-    from transferflow.training import extract_features
+    from transferflow.training.fit import extract_features
 
     if dataset.format != "tfrecord":
         logger.info("features: %s is in the in-memory format, not sharded: computed in this process",
@@ -112,7 +122,7 @@ class ExtractShards:
     def __init__(self, model: bytes, image_size: int, batch_size: int):
         import keras
 
-        import transferflow.model  # noqa: F401 (registers the layers the .keras file names)
+        import transferflow.training.model  # noqa: F401 (registers the layers the .keras file names)
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "extractor.keras"

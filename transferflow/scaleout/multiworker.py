@@ -21,7 +21,7 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 
-from transferflow.compute import ComputePlan, plan_compute
+from transferflow.training.compute import ComputePlan, plan_compute
 
 log = logging.getLogger(__name__)
 

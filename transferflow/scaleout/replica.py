@@ -1,5 +1,5 @@
 """One Ray Train worker of a training phase (engine ray): what `TensorflowTrainer` runs on every
-worker, the counterpart of phases.train_head / phases.fine_tune in this process.
+worker, the counterpart of training.local's train_head / fine_tune in this process.
 
 Every worker builds the same model under MultiWorkerMirroredStrategy, resumes from the same S3
 checkpoint and trains on its slice of each global batch. Only the chief (world rank 0) writes:
@@ -19,12 +19,14 @@ import logging
 import tempfile
 from pathlib import Path
 
-from transferflow import backbones
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, load_prepared
 from transferflow.errors import TransferflowError
-from transferflow.phases import BackboneRef, PhaseOutcome, _fit_options, head_features, runtime_info
+from transferflow.scaleout.features import head_features_on_ray
 from transferflow.scaleout.relay import FAILED, OUTCOME, WorkerRelay
+from transferflow.training import backbones
+from transferflow.training.local import fit_options, head_features
+from transferflow.training.outcomes import BackboneRef, PhaseOutcome, runtime_info
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,8 @@ def _options(config: RetrainConfig, plan, data, relay: WorkerRelay, epochs: int,
     """fit_phase's options as the local path sets them, with only the chief logging, reporting
     progress and writing checkpoints to object storage."""
     on_epoch = relay.on_epoch if relay.rank == 0 else None
-    options = _fit_options(config, plan, data, relay.logger, on_epoch, epochs, learning_rate,
-                           settings["checkpoint_uri"])
+    options = fit_options(config, plan, data, relay.logger, on_epoch, epochs, learning_rate,
+                          settings["checkpoint_uri"])
     # every epoch: all workers must take the same saves (reading variables is a collective), and
     # each worker's clock would decide on its own; uploaded before training goes on, so that a
     # replaced worker group finds every epoch's checkpoint but the last complete
@@ -78,7 +80,7 @@ def _classifier(config: RetrainConfig, backbone: BackboneRef, dataset: DatasetRe
     """The classifier with a frozen backbone, initialised from the run's seed on every worker."""
     import keras
 
-    from transferflow import model as modeling
+    from transferflow.training import model as modeling
 
     spec = backbones.get_spec(backbone.name)
     keras.utils.set_random_seed(config.seed)
@@ -89,8 +91,8 @@ def _classifier(config: RetrainConfig, backbone: BackboneRef, dataset: DatasetRe
 
 def train_head(config: RetrainConfig, settings: dict, plan, relay: WorkerRelay, scope):
     """The head, end to end through the frozen backbone (augmentation on, or features not cached)."""
-    from transferflow.phases import standardize_features
-    from transferflow.training import fit_phase
+    from transferflow.training.fit import fit_phase
+    from transferflow.training.local import standardize_features
 
     dataset = DatasetRef.model_validate(settings["dataset"])
     data = load_prepared(dataset)
@@ -105,14 +107,15 @@ def train_head(config: RetrainConfig, settings: dict, plan, relay: WorkerRelay, 
 def train_head_on_features(config: RetrainConfig, settings: dict, plan, relay: WorkerRelay, scope):
     """The head on the backbone features the submitting process stored (one worker: see
     training.head_workers)."""
-    from transferflow.training import fit_head_on_features
+    from transferflow.training.fit import fit_head_on_features
 
     dataset = DatasetRef.model_validate(settings["dataset"])
     backbone = BackboneRef.model_validate(settings["backbone"])
     data = load_prepared(dataset)
     with scope():
         classifier = _classifier(config, backbone, dataset)
-        features, _ = head_features(config, dataset, backbone, classifier, data, plan, relay.logger)
+        features, _ = head_features(config, dataset, backbone, classifier, data, plan, relay.logger,
+                                    compute=head_features_on_ray)
         options = _options(config, plan, data, relay, config.head_epochs, config.head_learning_rate, settings)
         metrics = fit_head_on_features(classifier, data.splits["train"], data.splits["val"],
                                        features=features, **options)
@@ -121,8 +124,8 @@ def train_head_on_features(config: RetrainConfig, settings: dict, plan, relay: W
 
 def fine_tune(config: RetrainConfig, settings: dict, plan, relay: WorkerRelay, scope):
     """Unfreeze the top blocks of the trained head's model and train at a low rate."""
-    from transferflow import model as modeling
-    from transferflow.training import fit_phase
+    from transferflow.training import model as modeling
+    from transferflow.training.fit import fit_phase
 
     spec = backbones.get_spec(config.backbone)
     trained_head = modeling.load_from(PhaseOutcome.model_validate(settings["head"]).model_uri)
@@ -146,8 +149,8 @@ PHASES = {HEAD: train_head, HEAD_ON_FEATURES: train_head_on_features, FINE_TUNE:
 def stage(classifier, settings: dict, metrics: dict, plan, chief: bool) -> PhaseOutcome | None:
     """The chief saves the model (float32, so it serves anywhere) to the run's prefix; the others
     save theirs to a scratch file and discard it, so that every worker reads the variables alike."""
-    from transferflow import model as modeling
-    from transferflow.compute import FLOAT32
+    from transferflow.training import model as modeling
+    from transferflow.training.compute import FLOAT32
 
     if plan.precision != FLOAT32:
         classifier = modeling.rebuild_classifier(classifier, FLOAT32)

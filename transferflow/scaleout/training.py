@@ -1,5 +1,5 @@
 """Training phases on a Ray cluster (engine ray), submitted from the process that runs the phase
-(a Prefect task): the counterpart of phases.train_head and phases.fine_tune.
+(a Prefect task): the counterpart of training.local's train_head and fine_tune.
 
 - Ray Train's `TensorflowTrainer` starts `num_workers` workers (`gpus_per_worker` GPUs each) and
   sets TF_CONFIG; each runs replica.train_loop under MultiWorkerMirroredStrategy. `batch_size` is
@@ -21,21 +21,22 @@ import logging
 import os
 import time
 
-from transferflow import backbones
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, load_prepared
 from transferflow.errors import ConfigError, TrainingError, TransferflowError
-from transferflow.phases import (
+from transferflow.scaleout import replica
+from transferflow.scaleout.cluster import Session, cluster_facts, describe
+from transferflow.scaleout.features import head_features_on_ray
+from transferflow.scaleout.relay import Forwarder, open_mailbox
+from transferflow.training import backbones
+from transferflow.training.local import head_features
+from transferflow.training.outcomes import (
     BackboneRef,
     FineTuneOutcome,
     PhaseOutcome,
     checkpoint_prefix,
-    head_features,
     run_prefix,
 )
-from transferflow.scaleout import replica
-from transferflow.scaleout.cluster import Session, cluster_facts, describe
-from transferflow.scaleout.relay import Forwarder, open_mailbox
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def train_head_on_ray(config: RetrainConfig, dataset: DatasetRef, backbone: Back
 def fine_tune_on_ray(config: RetrainConfig, dataset: DatasetRef, head: PhaseOutcome, run_id: str,
                      logger=log, on_epoch=None) -> FineTuneOutcome:
     """The fine-tuning phase on `num_workers` workers; kept only if val did not drop, as locally."""
-    from transferflow.gate import keep_fine_tuned
+    from transferflow.training.gate import keep_fine_tuned
 
     settings = _settings(config, dataset, run_id, "fine_tune", head=head.model_dump(mode="json"))
     tuned = run_phase(replica.FINE_TUNE, settings, config, config.num_workers, logger, on_epoch)
@@ -87,12 +88,12 @@ def _settings(config: RetrainConfig, dataset: DatasetRef, run_id: str, phase: st
 
 
 def _stored_features(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef, logger) -> dict:
-    """Make sure the head's features are in the feature store (phases.head_features: reused, or
+    """Make sure the head's features are in the feature store (training.local.head_features: reused, or
     computed on the cluster by scaleout.features), so that the head's worker finds them there."""
     import keras
 
-    from transferflow import model as modeling
-    from transferflow.compute import compute_scope, plan_compute
+    from transferflow.training import model as modeling
+    from transferflow.training.compute import compute_scope, plan_compute
 
     spec = backbones.get_spec(backbone.name)
     plan = plan_compute(config.mixed_precision, config.xla, config.strategy)
@@ -100,7 +101,8 @@ def _stored_features(config: RetrainConfig, dataset: DatasetRef, backbone: Backb
         keras.utils.set_random_seed(config.seed)  # the worker builds the same backbone from the seed
         base = backbones.construct(spec, dataset.image_size, backbones.resolve_weights(config.weights))
         classifier = modeling.build_classifier(base, spec, len(dataset.class_names), config.dropout)
-        _, info = head_features(config, dataset, backbone, classifier, load_prepared(dataset), plan, logger)
+        _, info = head_features(config, dataset, backbone, classifier, load_prepared(dataset), plan, logger,
+                                compute=head_features_on_ray)
     return {"features": info, "precision": plan.precision}
 
 

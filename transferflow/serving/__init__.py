@@ -9,6 +9,7 @@ TensorFlow only once a model is loaded.
     middleware  metrics, bearer token and body limit, as plain ASGI layers
     metrics     the Prometheus metrics, in a registry of their own
     server      uvicorn, the follower and the app put together: serve()
+    predict     `transferflow predict`: a registered version on image files, in this process
 """
 
 from transferflow.serving.app import ServerState, ServeSettings, create_app

@@ -46,8 +46,8 @@ def load_version(name: str, version: int, features: bool = False) -> ServedVersi
     """Download a version (size and sha256 checked before Keras reads it), load it in safe mode,
     and warm it up, so the first request it answers does not pay for tracing. With `features`, each
     row it answers is its probabilities followed by its penultimate features (for monitoring)."""
-    from transferflow.model import load_classifier
     from transferflow.registry import Registry, verified_download
+    from transferflow.training.model import load_classifier
 
     started = time.monotonic()
     record = Registry().record(name, version)

@@ -34,13 +34,13 @@ def preflight(config: RetrainConfig, *, as_flags: bool = False) -> None:
         check_dataset(config.extra_data, "--extra-data" if as_flags else "extra_data")
     check_weights(config.weights, "--weights" if as_flags else "weights")
     if config.export:  # the converters and runtimes are an extra: refuse before training, not after
-        from transferflow.exports import check_installed
+        from transferflow.publishing.exports import check_installed
 
         check_installed(config.export, "--export" if as_flags else "export")
     if config.engine == "ray":
         check_ray("--engine" if as_flags else "engine")
     if config.init_from:  # the version exists, with this backbone and size: refused before any download
-        from transferflow.warmstart import resolve_init_from
+        from transferflow.training.warmstart import resolve_init_from
 
         resolve_init_from(config)
 
@@ -162,7 +162,7 @@ def _check_s3_weights(uri: str, label: str) -> None:
 
 
 def _check_local_weights(weights: str, label: str) -> None:
-    from transferflow.backbones import DAMAGED_FIX, damaged_weights
+    from transferflow.training.backbones import DAMAGED_FIX, damaged_weights
 
     path = Path(weights.removeprefix("file://")).expanduser()
     if not path.is_file():

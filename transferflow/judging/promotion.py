@@ -27,14 +27,14 @@ from fractions import Fraction
 
 from pydantic import BaseModel
 
-from transferflow.comparison_set import (
+from transferflow.judging.comparison_set import (
     COMPARISON_SET,
     ComparisonSet,
     describe_comparison_set,
     on_comparison_set,
 )
-from transferflow.gate import against_baseline
-from transferflow.scoring import McNemar, Scored, mcnemar
+from transferflow.judging.scoring import McNemar, Scored, mcnemar
+from transferflow.training.gate import against_baseline
 
 
 class PromotionAction(StrEnum):

@@ -8,12 +8,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from transferflow.backbones import BACKBONES, DEFAULT_BACKBONE
-from transferflow.choices import Engine, ExportFormat, PromoteMetric, Schedule, TrainOn
-from transferflow.compute import Strategy
-from transferflow.naming import MODEL_NAME_RE, dataset_slug, default_model_name
+from transferflow.config.choices import Engine, ExportFormat, PromoteMetric, Schedule, TrainOn
+from transferflow.config.naming import MODEL_NAME_RE, dataset_slug, default_model_name
+from transferflow.training.backbones import BACKBONES, DEFAULT_BACKBONE
+from transferflow.training.compute import Strategy
 
-# Re-exported: older code and tests import these names from transferflow.config.
+# What the package's face (transferflow/config/__init__.py) re-exports from here.
 __all__ = ["Backbone", "Engine", "ExportFormat", "MODEL_NAME_RE", "PromoteMetric", "RetrainConfig",
            "Schedule", "TrainOn", "dataset_slug", "default_model_name", "has_credentials"]
 
@@ -253,7 +253,7 @@ class RetrainConfig(BaseModel):
         if has_credentials(value):
             raise ValueError("extra_data contains credentials (user:password@): put them in the environment")
         return value
-    # Retraining left running: skip when nothing changed (transferflow.changes).
+    # Retraining left running: skip when nothing changed (transferflow.retraining.changes).
     if_changed: bool = Field(
         False,
         description="Train only if the dataset or the effective configuration changed since the version at "

@@ -1,13 +1,13 @@
 """MODEL_CARD.md: what a registered version is for, what it was trained on, how good it is.
 
-It shares its tables and lines with the run report (transferflow.report), so that both say the
+It shares its tables and lines with the run report (transferflow.reporting.report), so that both say the
 same numbers the same way, and like the report it renders metadata older than those numbers.
 """
 
 from __future__ import annotations
 
 from transferflow.registry.documents import ClassResult, TrainingRecord
-from transferflow.report import (
+from transferflow.reporting.report import (
     PLAIN_MARKS,
     calibration_lines,
     golden_line,

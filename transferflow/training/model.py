@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from transferflow.backbones import BackboneSpec, get_spec
+from transferflow.training.backbones import BackboneSpec, get_spec
 
 BACKBONE_LAYER = "backbone"
 STANDARDIZE_LAYER = "standardize"

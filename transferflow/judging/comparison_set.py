@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transferflow.scoring import Scored, score
+from transferflow.judging.scoring import Scored, score
 
 COMPARISON_SET = "comparison_set"  # the name of the promotion check that says what was compared
 MIN_COMPARED = 5  # images: below this a paired comparison says nothing (see minimum_compared)

@@ -62,8 +62,8 @@ def _s3_images(uri: str, workdir: Path) -> list[tuple[str, Path]]:
 
 def predict(reference: str, sources: list[str], top_k: int = 3) -> tuple[str, list[Prediction]]:
     """Top-k predictions of a registered version (verified bytes) for the given images."""
-    from transferflow.model import load_model
     from transferflow.registry import Registry
+    from transferflow.training.model import load_model
 
     registry = Registry()
     name, version = registry.resolve(reference)

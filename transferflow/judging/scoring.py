@@ -31,7 +31,7 @@ class Scored(BaseModel):
 
 def predict(model, split, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(labels, class probabilities) of a model on a split ((x, y) arrays or a streamed split)."""
-    from transferflow.training import split_dataset, split_labels
+    from transferflow.training.fit import split_dataset, split_labels
 
     probabilities = model.predict(split_dataset(split, batch_size, False, 0), verbose=0)
     return split_labels(split).astype(np.int64), np.asarray(probabilities, np.float64)

@@ -15,12 +15,12 @@ from pydantic import BaseModel
 from transferflow import storage
 from transferflow.config import RetrainConfig
 from transferflow.data import DatasetRef, load_prepared
-from transferflow.gate import GateDecision
-from transferflow.phases import BackboneRef, FineTuneOutcome, PhaseOutcome, run_prefix
-from transferflow.promotion import PromotionAction, PromotionDecision
+from transferflow.judging.promotion import PromotionAction, PromotionDecision
+from transferflow.judging.scoring import Scored
+from transferflow.pipeline.phases import BackboneRef, FineTuneOutcome, PhaseOutcome, run_prefix
 from transferflow.registry.aliases import ANY
 from transferflow.registry.documents import SCHEMA_VERSION, Calibration, Registration, TrainingRecord
-from transferflow.scoring import Scored
+from transferflow.training.gate import GateDecision
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ def calibrate_model(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutc
                     logger=log) -> tuple[PhaseOutcome, Calibration]:
     """Fit temperature scaling on the validation split and fold it into a copy of the final model
     (staged next to it); the model is unchanged when calibration is off or would not help."""
-    from transferflow import model as modeling
-    from transferflow.calibration import calibration_plan, fold_temperature
-    from transferflow.scoring import predict
+    from transferflow.judging.calibration import calibration_plan, fold_temperature
+    from transferflow.judging.scoring import predict
+    from transferflow.training import model as modeling
 
     if not config.calibrate:
         return final, Calibration(reason="calibration off (--no-calibrate)")
@@ -56,9 +56,9 @@ def calibrate_model(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutc
 
 def evaluate_model(config: RetrainConfig, dataset: DatasetRef, model_uri: str, logger=log) -> Evaluation:
     """Every metric of the final model on the held-out test split, and on the golden set if set."""
-    from transferflow import model as modeling
-    from transferflow.evaluation import score_model, score_on_golden
+    from transferflow.judging.evaluation import score_model, score_on_golden
     from transferflow.registry import Registry
+    from transferflow.training import model as modeling
 
     model = modeling.load_from(model_uri)
     test = score_model(model, dataset.class_names, dataset, "test", config.batch_size)
@@ -80,7 +80,7 @@ def decide_promotion(config: RetrainConfig, dataset: DatasetRef, evaluation: Eva
                      logger=log) -> PromotionDecision:
     """The promotion gate: the floor, then production scored on the very images the new version
     was scored on (its test split, and the golden set), compared check by check."""
-    from transferflow.promotion import PromotionRule, promotion_gate
+    from transferflow.judging.promotion import PromotionRule, promotion_gate
     from transferflow.registry import Registry
 
     registry, name = Registry(), config.registry_name
@@ -97,12 +97,12 @@ def _champion(config: RetrainConfig, dataset: DatasetRef, evaluation: Evaluation
               meta, logger):
     """Production, scored with its own stored, verified artifact at its own image size on the
     same test images (and golden set) as the new version."""
-    from transferflow import model as modeling
     from transferflow.errors import RegistryError
-    from transferflow.evaluation import prepared_at, score_model, score_on_golden
-    from transferflow.phases import prepare_options
-    from transferflow.promotion import Champion
+    from transferflow.judging.evaluation import prepared_at, score_model, score_on_golden
+    from transferflow.judging.promotion import Champion
+    from transferflow.pipeline.phases import prepare_options
     from transferflow.registry import Registry
+    from transferflow.training import model as modeling
 
     if set(meta.classes) != set(dataset.class_names):
         return Champion(version=version, classes=meta.classes)  # the class-set check decides
@@ -128,8 +128,8 @@ def _champion(config: RetrainConfig, dataset: DatasetRef, evaluation: Evaluation
 def _unseen_by(name: str, version: int, meta, dataset: DatasetRef, test_images: DatasetRef, logger):
     """The new test split minus every image production trained or validated on: by content digest,
     or, for a production registered before digests were kept, by decoded pixels at its size."""
-    from transferflow.comparison_set import comparison_set, pixel_digests
     from transferflow.data import read_membership
+    from transferflow.judging.comparison_set import comparison_set, pixel_digests
     from transferflow.registry import Registry
 
     production = Registry().membership(name, version)
@@ -175,7 +175,7 @@ def _in_order(scored: Scored, model_classes: list[str], wanted: list[str]) -> Sc
 
 def export_model(final: PhaseOutcome, run_id: str, logger=log) -> dict:
     """Stage a TensorFlow SavedModel of the final model next to it, for TF Serving."""
-    from transferflow import model as modeling
+    from transferflow.training import model as modeling
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "savedmodel"
@@ -197,9 +197,9 @@ def export_formats(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutco
     stage the files under the run's prefix; returns their metadata entries."""
     if not config.export:
         return {}
-    from transferflow import model as modeling
-    from transferflow.exports import export_verified
+    from transferflow.publishing.exports import export_verified
     from transferflow.registry.layout import export_file
+    from transferflow.training import model as modeling
 
     model, prepared = modeling.load_from(final.model_uri), load_prepared(dataset)
     same_order = np.arange(len(dataset.class_names))  # the model was trained on these very classes
@@ -219,8 +219,8 @@ def stage_reference(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutc
                     logger=log) -> dict:
     """The final model's monitoring reference (its statistics on the test and val splits), staged
     under the run's prefix; registration copies and verifies it into the version."""
-    from transferflow import model as modeling
     from transferflow.monitoring.reference import stage_reference as stage
+    from transferflow.training import model as modeling
 
     return stage(modeling.load_from(final.model_uri), dataset.class_names, dataset, run_prefix(run_id),
                  config.batch_size, logger)
@@ -297,8 +297,8 @@ def register_model(config: RetrainConfig, metadata: TrainingRecord, final: Phase
                    logger=log) -> Registration:
     """Publish the chosen model, its SavedModel, its verified exports, its monitoring reference and
     MODEL_CARD.md as a new version; move `latest`."""
-    from transferflow.card import model_card
     from transferflow.registry import Registry
+    from transferflow.reporting.card import model_card
 
     registry = Registry()
     savedmodel = metadata.exports.get("savedmodel")

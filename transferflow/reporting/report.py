@@ -70,7 +70,7 @@ def _phase_table(metadata: TrainingRecord, elapsed_s: float | None) -> list[str]
 
 def timings_lines(timings: dict | None) -> list[str]:
     """Where the run's wall time went, stage by stage (metadata written before timings: nothing)."""
-    from transferflow.timing import table
+    from transferflow.pipeline.timing import table
 
     if not timings:
         return []
@@ -209,7 +209,7 @@ def check_line(check: dict, marks: dict[str, str]) -> str:
 
 def comparison_table(comparison: dict, production_version: int | None) -> list[str]:
     """measure | production vN | new version | change, for accuracy, macro-F1 and per-class recall."""
-    from transferflow.promotion import Comparison, summary_table
+    from transferflow.judging.promotion import Comparison, summary_table
 
     production = f"production v{production_version}" if production_version is not None else "production"
     lines = [f"| measure | {production} | new version | change |", "|---|---|---|---|"]

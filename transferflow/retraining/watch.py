@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from transferflow import storage
+from transferflow.config.naming import dataset_slug
 from transferflow.errors import DatasetError, TransferflowError
-from transferflow.naming import dataset_slug
 from transferflow.storage import PreconditionFailed
 
 log = logging.getLogger(__name__)

@@ -65,8 +65,8 @@ def check_init_classes(config: RetrainConfig, classes: list[str], image_size: in
 def warm_start(classifier, reference: str, classes: list[str], logger=log) -> None:
     """Copy the version's backbone, standardisation and head weights into a freshly built
     classifier of the same backbone; the head's columns follow the class names."""
-    from transferflow.model import BACKBONE_LAYER, STANDARDIZE_LAYER, load_model
     from transferflow.registry import Registry
+    from transferflow.training.model import BACKBONE_LAYER, STANDARDIZE_LAYER, load_model
 
     registry = Registry()
     known = registry.record(*registry.resolve(reference)).classes

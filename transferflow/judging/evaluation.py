@@ -16,8 +16,8 @@ import numpy as np
 from transferflow import storage
 from transferflow.data import DatasetRef, PrepareOptions, load_prepared, prepare_dataset
 from transferflow.errors import DatasetError, RegistryError
+from transferflow.judging.scoring import Scored, predict, scored
 from transferflow.registry.golden import GoldenSet
-from transferflow.scoring import Scored, predict, scored
 
 log = logging.getLogger(__name__)
 
@@ -170,8 +170,8 @@ def evaluate_reference(
 ) -> dict:
     """`models evaluate`: a registered version (bytes verified) scored on any dataset, prepared at
     the version's size with its recorded split settings."""
-    from transferflow import model as modeling
     from transferflow.registry import Registry
+    from transferflow.training import model as modeling
 
     registry = Registry()
     name, version = registry.resolve(reference)
@@ -197,9 +197,9 @@ def reproduce_evaluation(reference: str, tolerance: float = 0.0, logger=log) -> 
     Fails if the artifact does not match its recorded sha256 or the accuracy moved by more
     than `tolerance`.
     """
-    from transferflow import model as modeling
     from transferflow.data import ref_for
     from transferflow.registry import Registry
+    from transferflow.training import model as modeling
 
     registry = Registry()
     name, version = registry.resolve(reference)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from transferflow.judging.scoring import expected_calibration_error, negative_log_likelihood
 from transferflow.registry.documents import Calibration
-from transferflow.scoring import expected_calibration_error, negative_log_likelihood
 
 CLASSIFIER_LAYER = "classifier"
 BOUNDS = (0.05, 20.0)  # T outside this means something else is wrong: no softmax to speak of

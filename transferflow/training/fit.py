@@ -208,7 +208,7 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
     callbacks = [keras.callbacks.TerminateOnNaN(), stopper, progress]
     checkpoint, start = None, (0, 0)
     if checkpoint_uri:
-        from transferflow.checkpoints import EndResumedEpoch, S3Checkpoint
+        from transferflow.training.checkpoints import EndResumedEpoch, S3Checkpoint
 
         checkpoint = S3Checkpoint(checkpoint_uri, phase, seed, steps, checkpoint_every_steps,
                                   checkpoint_keep, early_stopping=stopper, logger=logger,
@@ -263,7 +263,7 @@ def fit_head_on_features(classifier: keras.Model, train, val, *, epochs: int, le
     dropout -> dense on the standardised features, then copy the dense weights back into the
     classifier. Same model, same math; the backbone's cost is paid once, not per epoch.
     """
-    from transferflow.model import STANDARDIZE_LAYER
+    from transferflow.training.model import STANDARDIZE_LAYER
 
     started = time.monotonic()
     if features is None:

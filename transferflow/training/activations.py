@@ -31,8 +31,8 @@ import numpy as np
 
 from transferflow import localcache, storage
 from transferflow.data import records
-from transferflow.features import FeatureKey
-from transferflow.model import BACKBONE_LAYER
+from transferflow.training.features import FeatureKey
+from transferflow.training.model import BACKBONE_LAYER
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def as_stored(array: np.ndarray, dtype: str) -> np.ndarray:
 
 def run_bottom(bottom: keras.Model, split, batch_size: int, dtype: str, chunk_rows: int):
     """Yield (pooled features, activations in `dtype`, labels) for a split, `chunk_rows` at a time."""
-    from transferflow.training import split_dataset
+    from transferflow.training.fit import split_dataset
 
     pooled, acts, labels, held = [], [], [], 0
     for x, y in split_dataset(split, batch_size, False, 0):

@@ -222,7 +222,7 @@ def _to_litert(model, path: Path, representative=None) -> dict:
 def representative_images(train_split, count: int = REPRESENTATIVE_IMAGES):
     """The converter's representative_dataset: `count` train images, shuffled with a fixed seed so
     every class is likely among them, one at a time."""
-    from transferflow.training import split_dataset
+    from transferflow.training.fit import split_dataset
 
     def images():
         for x, _ in split_dataset(train_split, 1, True, 0).take(count).as_numpy_iterator():
@@ -263,7 +263,7 @@ def _litert(path: Path) -> Loaded:
 
 def verify(model, run: Runner, split, labels_to_model: np.ndarray) -> Check:
     """Run the Keras model and the export on the same batches of a split and compare them."""
-    from transferflow.training import split_dataset
+    from transferflow.training.fit import split_dataset
 
     keras_answers, export_answers, labels = [], [], []
     for x, y in split_dataset(split, BATCH, False, 0).as_numpy_iterator():
@@ -325,10 +325,10 @@ def export_registered(reference: str, name: str, logger=log) -> dict:
     verified before metadata.json lists it. Returns the entry as listed."""
     import tempfile
 
-    from transferflow import model as modeling
     from transferflow.data import load_prepared, ref_for
-    from transferflow.evaluation import label_map
+    from transferflow.judging.evaluation import label_map
     from transferflow.registry import Registry
+    from transferflow.training import model as modeling
 
     spec = export_spec(name)
     check_ready(spec)
