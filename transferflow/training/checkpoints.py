@@ -280,6 +280,19 @@ class S3Checkpoint(keras.callbacks.Callback):
             self._uploads.shutdown(wait=True)
             self._local.cleanup()
 
+    def after_failure(self) -> None:
+        """Training raised (Keras then calls no on_train_end): let the upload in flight finish, so
+        the newest checkpoint taken is the one a retry resumes from, and free the local folder.
+        An upload failure is logged, not raised: the training's own error is the one to report."""
+        try:
+            self._wait()
+        except Exception as exc:  # noqa: BLE001 (the phase is failing already; say why this one is lost)
+            self.logger.warning("%s: the last checkpoint's upload failed too (%s): a retry resumes from "
+                                "the one before", self.phase, exc)
+        finally:
+            self._uploads.shutdown(wait=True)
+            self._local.cleanup()
+
 
 def random_state(model: keras.Model) -> list:
     """The state of the model's random generators (dropout, augmentation): not in its weights

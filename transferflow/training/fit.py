@@ -219,12 +219,17 @@ def fit_phase(model: keras.Model, phase: str, train, val, *, epochs: int, learni
         if start[1]:  # first: it must undo its own stop before EarlyStopping decides
             callbacks.insert(0, EndResumedEpoch(steps - start[1]))
     started = time.monotonic()
-    history = model.fit(
-        train_batches(train, batch_size, seed, epochs, start), steps_per_epoch=steps,
-        initial_epoch=start[0], validation_data=split_dataset(val, batch_size, False, seed),
-        epochs=epochs, verbose=0, class_weight=class_weight, shuffle=False,  # the dataset shuffles
-        callbacks=callbacks,
-    ).history
+    try:
+        history = model.fit(
+            train_batches(train, batch_size, seed, epochs, start), steps_per_epoch=steps,
+            initial_epoch=start[0], validation_data=split_dataset(val, batch_size, False, seed),
+            epochs=epochs, verbose=0, class_weight=class_weight, shuffle=False,  # the dataset shuffles
+            callbacks=callbacks,
+        ).history
+    except BaseException:
+        if checkpoint is not None:
+            checkpoint.after_failure()
+        raise
     if checkpoint is not None:
         history = checkpoint.history  # the epochs before a resume too
     losses = history.get("loss", [])
