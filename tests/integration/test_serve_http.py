@@ -12,6 +12,7 @@ import io
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -368,3 +369,50 @@ def test_a_short_token_is_refused_before_anything_starts(served_bucket):
     refused = run_cli("serve", f"{NAME}@production", "--port", "1", env={"TRANSFERFLOW_SERVE_TOKEN": "short"})
     assert refused.returncode != 0
     assert "TRANSFERFLOW_SERVE_TOKEN is set but shorter than 16 characters" in refused.stderr
+
+
+def test_a_real_server_beyond_max_inflight_answers_429_with_retry_after_and_stays_up(served_bucket, tmp_path):
+    """Overload, end to end: two requests whose bodies arrive late hold both of `--max-inflight 2`'s
+    slots; a third is refused at once with 429 and Retry-After, before its body is read; once the
+    slow ones are answered, the server takes requests again and is still ready."""
+    import httpx
+
+    from transferflow.devstack.s3server import free_ports
+
+    port, log = free_ports(1)[0], tmp_path / "serve.log"
+    command = [sys.executable, "-m", "transferflow.cli", "serve", f"{NAME}@production", "--port", str(port),
+               "--max-inflight", "2", "--no-monitor"]
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    body = json.dumps({"instances": np.zeros((1, SIZE, SIZE, 3), int).tolist()}).encode()
+    head = (f"POST /v1/models/{NAME}:predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode()
+    slow = []
+    try:
+        wait_ready(url, process, log)
+        for _ in range(2):  # the headers and the first bytes of the body; the rest only later
+            connection = socket.create_connection(("127.0.0.1", port), timeout=60)
+            connection.sendall(head + body[:10])
+            slow.append(connection)
+        deadline = time.monotonic() + 30
+        while True:  # until both slow requests hold their slots (the server reads them in its own time)
+            refused = httpx.post(f"{url}/v1/models/{NAME}:predict", content=body, timeout=30)
+            if refused.status_code == 429 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["Retry-After"] == "1" and "--max-inflight 2" in refused.json()["error"]
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200  # probes are never refused
+        for connection in slow:
+            connection.sendall(body[10:])
+        answers = [connection.makefile("rb").readline() for connection in slow]
+        assert all(line.startswith(b"HTTP/1.1 200") for line in answers), answers
+        again = httpx.post(f"{url}/v1/models/{NAME}:predict", content=body, timeout=30)
+        assert again.status_code == 200 and len(again.json()["predictions"]) == 1
+    finally:
+        for connection in slow:
+            connection.close()
+        process.terminate()
+        process.wait(timeout=30)
