@@ -183,7 +183,7 @@ image: venv ## build the images, tagged transferflow-<target>:<version> and :<ve
 		$(if $(BASE),--base $(BASE)) $(if $(GPU_BASE),--gpu-base $(GPU_BASE))
 
 test: venv ## run the whole test suite on TEST_WORKERS workers (each starts its own S3 and Prefect servers)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=8 $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --durations=30 $(PYTEST_ARGS)
 
 test-faults: venv ## the fault-injection suite: killed store and trainer, hostile inputs
 	$(BIN)/pytest tests/faults $(PYTEST_ARGS)
