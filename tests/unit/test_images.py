@@ -53,7 +53,7 @@ def test_transferflow_serve_loads_without_the_packages_its_image_leaves_out():
     blocked = sorted({*SERVE_PRUNED, "sklearn"} - {"scikit-learn"})
     code = (f"import sys; sys.modules.update(dict.fromkeys({blocked!r}));"
             "import transferflow.cli, transferflow.cli.serve, transferflow.serving.server, "
-            "transferflow.serving.versions, transferflow.model, transferflow.monitoring.features")
+            "transferflow.serving.versions, transferflow.training.model, transferflow.monitoring.features")
     answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert answer.returncode == 0, answer.stderr[-2000:]
 

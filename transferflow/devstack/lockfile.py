@@ -55,8 +55,14 @@ def read_pins(text: str) -> list[Pin]:
 
 
 def installed() -> dict[str, str]:
-    """Every distribution this interpreter sees, by canonical name: what `pip freeze` lists."""
-    return {canonicalize_name(found.metadata["Name"]): found.version for found in metadata.distributions()}
+    """Every distribution installed in this environment's site-packages, by canonical name: what
+    `pip freeze` lists. Only there: a process that imported Ray also sees the copies Ray puts on
+    sys.path (ray/thirdparty_files: psutil), which no installer put in the environment."""
+    import sysconfig
+
+    paths = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    return {canonicalize_name(found.metadata["Name"]): found.version
+            for found in metadata.distributions(path=paths)}
 
 
 def differences(pins: list[Pin], present: dict[str, str]) -> list[str]:
