@@ -22,3 +22,21 @@ config is a package (config/) whose face keeps `from transferflow.config import 
 """
 
 __version__ = "0.1.0"
+
+
+def lazy_face(package: str, table: dict[str, str], namespace: dict):
+    """`__getattr__` and `__dir__` for a package face that imports each name's submodule on first use
+    (PEP 562): `table` maps a public name to the submodule defining it. Faces whose submodules load
+    TensorFlow or matplotlib use it, so importing a light submodule (its package runs first) stays
+    light. Use: `__getattr__, __dir__ = lazy_face(__name__, _LAZY, globals())`."""
+    import importlib
+
+    def __getattr__(name: str):
+        if name not in table:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(f"{package}.{table[name]}"), name)
+
+    def __dir__() -> list[str]:
+        return sorted({*namespace, *table})
+
+    return __getattr__, __dir__

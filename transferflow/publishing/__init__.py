@@ -5,7 +5,7 @@
     exports  portable ONNX and LiteRT exports, each verified against the Keras model
 """
 
-import importlib
+from transferflow import lazy_face
 
 # name -> the submodule that defines it. Imported on first use (PEP 562), not with the package: some
 # submodules load TensorFlow or matplotlib, and importing a light one (its package runs first) stays light.
@@ -19,12 +19,4 @@ _LAZY = {
 }
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_face(__name__, _LAZY, globals())
