@@ -115,6 +115,14 @@ def write_split(source: Path, target: Path, seed: int) -> dict[str, int]:
     return counts
 
 
+def require_kit() -> None:
+    """Exit naming the fix when the real-data kit is missing; make this checkout importable."""
+    if not DATASET.is_dir():
+        sys.exit(f"{DATASET} not found: set TRANSFERFLOW_SHARED to the folder holding datasets/ and tools/")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.path.insert(0, str(ROOT))
+
+
 def children_cpu() -> float:
     """CPU seconds of this process's finished children (and theirs): a measure of work that a
     machine shared with other processes changes far less than wall time."""
@@ -177,10 +185,7 @@ def main() -> None:
     parser.add_argument("--compare-uncached", action="store_true",
                         help="also run each numbered row with --no-cache-features (fine-tuning end to end)")
     args = parser.parse_args()
-    if not DATASET.is_dir():
-        sys.exit(f"{DATASET} not found: set TRANSFERFLOW_SHARED to the folder holding datasets/ and tools/")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, str(ROOT))
+    require_kit()
     from transferflow.devstack import s3server
 
     weights = ensure_weights()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from quality_bench import DATASET, ensure_weights  # noqa: E402  (the same photos and weights)
+from quality_bench import DATASET, ensure_weights, require_kit  # noqa: E402  (the same photos and weights)
 
 TRANSFERFLOW = str(ROOT / ".venv" / "bin" / "transferflow")
 
@@ -82,10 +82,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--extra", default="", help="extra transferflow flags for every run")
     args = parser.parse_args()
-    if not DATASET.is_dir():
-        sys.exit(f"{DATASET} not found: set TRANSFERFLOW_SHARED to the folder holding datasets/ and tools/")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.path.insert(0, str(ROOT))
+    require_kit()
     from transferflow.devstack import s3server
 
     weights = ensure_weights()

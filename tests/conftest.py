@@ -45,6 +45,15 @@ def isolated_environment(tmp_path_factory):
             os.environ[name] = value
 
 
+@pytest.fixture(scope="module")
+def prefect_server():
+    """Prefect's test server for one test module (started once per module, as runs need an API)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     from transferflow.devstack import s3server

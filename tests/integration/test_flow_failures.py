@@ -20,16 +20,8 @@ from transferflow_tasks import remote
 LOG = logging.getLogger(__name__)
 
 
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
-def gpu_deployment(prefect_api, monkeypatch):
+def gpu_deployment(prefect_server, monkeypatch):
     """A `train/gpu` deployment with no worker behind it: its runs wait until the test moves them."""
     from prefect.client.orchestration import get_client
 
@@ -67,7 +59,7 @@ def child_run(deployment_id, timeout: float = 20.0):
     raise AssertionError("the parent never started its train/gpu run")
 
 
-def test_gpu_pool_is_refused_without_the_train_deployment(prefect_api):
+def test_gpu_pool_is_refused_without_the_train_deployment(prefect_server):
     from prefect import flow
 
     @flow
@@ -173,7 +165,7 @@ def registered(bucket, sample_dataset):
 
 
 @pytest.mark.slow
-def test_evaluation_reproduces_an_untouched_version(prefect_api, registered):
+def test_evaluation_reproduces_an_untouched_version(prefect_server, registered):
     from transferflow_flows.evaluate import evaluate_registered
 
     register, accuracy = registered
@@ -183,7 +175,7 @@ def test_evaluation_reproduces_an_untouched_version(prefect_api, registered):
 
 
 @pytest.mark.slow
-def test_evaluation_fails_on_tampered_bytes(prefect_api, bucket, registered):
+def test_evaluation_fails_on_tampered_bytes(prefect_server, bucket, registered):
     from transferflow_flows.evaluate import evaluate_registered
 
     register, accuracy = registered
@@ -197,7 +189,7 @@ def test_evaluation_fails_on_tampered_bytes(prefect_api, bucket, registered):
 
 
 @pytest.mark.slow
-def test_evaluation_fails_when_the_accuracy_drifts(prefect_api, registered):
+def test_evaluation_fails_when_the_accuracy_drifts(prefect_server, registered):
     from transferflow_flows.evaluate import evaluate_registered
 
     register, accuracy = registered

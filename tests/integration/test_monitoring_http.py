@@ -34,14 +34,6 @@ SENT: list[float] = []  # every answer's confidence, in order: the open window h
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
 def monitored(s3_server, tmp_path_factory):
     """A bucket holding monit:1 (production), trained, as its metadata says, on `shapes`."""
     from transferflow.data import PrepareOptions, prepare_dataset

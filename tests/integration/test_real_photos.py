@@ -46,14 +46,6 @@ def real_kit(tmp_path_factory):
     return root / "digits", weights
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 def test_real_photos_train_well_above_chance_with_fine_tuning(prefect_server, bucket, real_kit):
     from transferflow_flows.retrain import retrain
 

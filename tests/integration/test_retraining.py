@@ -19,14 +19,6 @@ from transferflow.registry import Registry
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
 @pytest.fixture
 def weights_uri(bucket, random_weights):
     storage.upload_file(random_weights, bucket, "weights/vgg16-random.weights.h5")
