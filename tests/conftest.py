@@ -18,19 +18,58 @@ AWS_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS
             "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "TRANSFERFLOW_BUCKET")
 
 
+# Under pytest-xdist (`make test`: -n 2 --dist loadgroup) a test's group goes to one worker whole.
+# The groups: a test file under integration/ or faults/ (its module-scoped servers, a Prefect test
+# server or the deployment stack, start once), every engine ray test (scaleout/: they share one Ray
+# cluster), and each unit test on its own (cheap and independent: they fill the gaps at the end).
+# xdist's own loadgroup cannot be used for this: it marks a group by editing the test's node id,
+# which pytest 9 no longer reads (pytest-dev/pytest-xdist#1386), so every test became a group of
+# its own and each worker started its own stack, Ray cluster and Prefect servers. The groups are
+# decided here, from the node id, in xdist's scheduler.
+#
+# The longest groups go first (longest-first is the usual greedy rule for a short finish); their
+# order, from `make test --durations` (2 cores): Ray 8 min, the deployment stack 5, the rest < 2.
+FIRST = ("scaleout/", "integration/test_deployments.py", "integration/test_real_photos.py",
+         "integration/test_cli.py", "integration/test_cached_activations.py",
+         "integration/test_retraining.py", "integration/test_shared_cache.py",
+         "integration/test_retrain_flow.py", "faults/test_preemption.py")
+
+
+def group_of(nodeid: str) -> str:
+    """The group of a test, by its node id ("tests/integration/test_cli.py::test_x")."""
+    path = nodeid.split("::", 1)[0].removeprefix("tests/")
+    if path.startswith("scaleout/"):
+        return "ray"
+    return nodeid if path.startswith("unit/") else path
+
+
+def _rank(nodeid: str) -> int:
+    path = nodeid.split("::", 1)[0].removeprefix("tests/")
+    first = [i for i, prefix in enumerate(FIRST) if path.startswith(prefix)]
+    return first[0] if first else len(FIRST) + path.startswith("unit/")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test`: -n 2 --dist loadgroup), tests that share an expensive fixture
-    run on one worker: a test file's module-scoped servers (a Prefect test server, the deployment
-    stack) start once, and the engine ray tests share one Ray cluster. Unit tests, cheap and
-    independent, are spread one by one. Each worker has its own session S3 server on free ports."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        parts = Path(str(item.path)).relative_to(Path(__file__).parent).parts
-        if parts[0] == "unit":
-            continue
-        group = "ray" if parts[0] == "scaleout" else "/".join(parts)
-        item.add_marker(pytest.mark.xdist_group(group))
+    """Longest groups first, unit tests last (a stable sort: each file keeps its own order). Every
+    worker collects alike, and the scheduler hands groups out in this order."""
+    items.sort(key=lambda item: _rank(item.nodeid))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Groups as `group_of` says, handed out in collection order."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServerGroups(LoadScopeScheduling):
+        def __init__(self, config, log=None):
+            super().__init__(config, log)
+            config.option.loadscopereorder = False  # keep the order above, not "most tests first"
+
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ServerGroups(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
