@@ -15,7 +15,6 @@ from transferflow_tasks.backbone import build_backbone
 from transferflow_tasks.credentials import use_credentials_block
 from transferflow_tasks.dataset import check_changes, check_inputs, check_storage, download_dataset
 from transferflow_tasks.evaluation import calibrate_model, evaluate_model
-from transferflow_tasks.monitoring import compute_reference
 from transferflow_tasks.registry import (
     decide_promotion,
     export_formats,
@@ -61,8 +60,7 @@ def retrain(config: RetrainConfig = RetrainConfig(),  # noqa: B008 (a frozen def
     with clock("calibration"):
         final, calibration = calibrate_model(config, dataset, fine.chosen if fine else head, run_id)
     with clock("evaluation"):
-        evaluation = evaluate_model(config, dataset, final.model_uri)
-        reference = compute_reference(config, dataset, final, run_id)
+        evaluation, reference = evaluate_model(config, dataset, final, run_id)  # and the monitoring reference
     with clock("promotion"):
         promotion = decide_promotion(config, dataset, evaluation)
     with clock("export"):

@@ -21,9 +21,11 @@ def calibrate_model(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutc
 
 @task(name="evaluate_model", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
       retry_condition_fn=retry_transient)
-def evaluate_model(config: RetrainConfig, dataset: DatasetRef, model_uri: str) -> publishing.Evaluation:
-    """Every metric on the held-out test split, and on the model's golden set if one is set."""
-    return publishing.evaluate_model(config, dataset, model_uri, logger=get_run_logger())
+def evaluate_model(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutcome,
+                   run_id: str) -> tuple[publishing.Evaluation, dict]:
+    """Every metric on the held-out test split (and the model's golden set, if one is set), and the
+    monitoring reference staged for registration: one pass over the test and val splits serves both."""
+    return publishing.evaluate_and_stage_reference(config, dataset, final, run_id, logger=get_run_logger())
 
 
 @task(name="reproduce_evaluation")

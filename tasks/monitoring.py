@@ -6,24 +6,13 @@ from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
 from transferflow import storage
-from transferflow.config import RetrainConfig
-from transferflow.data import DatasetRef
 from transferflow.monitoring import monitor as monitoring
 from transferflow.monitoring.chart import drift_chart_png
-from transferflow.pipeline.phases import PhaseOutcome
-from transferflow.publishing import stages as publishing
 from transferflow.registry import Registry
 from transferflow_tasks.policies import IO_RETRIES, IO_RETRY_DELAYS, retry_transient
 from transferflow_tasks.reporting import _put_chart
 
 HISTORY_DAYS = 7  # the chart's span
-
-
-@task(name="compute_reference", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,
-      retry_condition_fn=retry_transient)
-def compute_reference(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutcome, run_id: str) -> dict:
-    """The final model's monitoring statistics on its test and val splits, staged for registration."""
-    return publishing.stage_reference(config, dataset, final, run_id, logger=get_run_logger())
 
 
 @task(name="check_drift", retries=IO_RETRIES, retry_delay_seconds=IO_RETRY_DELAYS,

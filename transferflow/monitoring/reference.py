@@ -33,16 +33,25 @@ log = logging.getLogger(__name__)
 REFERENCE_SPLITS = ("test", "val")
 
 
-def reference_sketch(model, classes: list[str], dataset, batch_size: int = 64) -> Sketch:
-    """The statistics of the model's answers on the dataset's test and val splits."""
+def view_splits(model, dataset, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """The model's probabilities and penultimate features (`with_features`) on each reference split
+    of the dataset, as float32: what the reference is made of, and the test split's answers too."""
     from transferflow.data import load_prepared
     from transferflow.training.fit import split_dataset
 
     prepared = load_prepared(dataset)
     viewer = with_features(model)
-    outputs = [viewer.predict(split_dataset(prepared.splits[name], batch_size, False, 0), verbose=0)
-               for name in REFERENCE_SPLITS if name in prepared.splits]
-    outputs = [np.asarray(part, np.float32) for part in outputs]
+    return {name: np.asarray(viewer.predict(split_dataset(prepared.splits[name], batch_size, False, 0),
+                                            verbose=0), np.float32)
+            for name in REFERENCE_SPLITS if name in prepared.splits}
+
+
+def reference_sketch(model, classes: list[str], dataset, batch_size: int = 64,
+                     outputs: dict[str, np.ndarray] | None = None) -> Sketch:
+    """The statistics of the model's answers on the dataset's test and val splits (`outputs`: those
+    answers, from view_splits, when the caller has them already)."""
+    outputs = view_splits(model, dataset, batch_size) if outputs is None else outputs
+    outputs = [outputs[name] for name in REFERENCE_SPLITS if name in outputs]
     probabilities, features = split(np.concatenate(outputs), len(classes))
     sketch = Sketch(classes, projection(features.shape[1]), capacity=REFERENCE_ROWS)
     for start in range(0, len(probabilities), 256):
@@ -66,12 +75,12 @@ def encoded(document: dict) -> bytes:
 
 
 def stage_reference(model, classes: list[str], dataset, prefix_uri: str, batch_size: int = 64,
-                    logger=log) -> dict:
+                    logger=log, outputs: dict[str, np.ndarray] | None = None) -> dict:
     """Compute the reference and stage it under prefix_uri; returns its metadata entry
     (file inside the version, sha256, size, staged_uri), for registration to copy and verify."""
     from transferflow.monitoring.layout import reference_file
 
-    sketch = reference_sketch(model, classes, dataset, batch_size)
+    sketch = reference_sketch(model, classes, dataset, batch_size, outputs)
     body = encoded(reference_document(sketch, dataset))
     entry = _entry(body, sketch)
     location = storage.parse_s3_uri(f"{prefix_uri}/{entry['file']}")

@@ -56,12 +56,19 @@ def calibrate_model(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutc
 
 def evaluate_model(config: RetrainConfig, dataset: DatasetRef, model_uri: str, logger=log) -> Evaluation:
     """Every metric of the final model on the held-out test split, and on the golden set if set."""
-    from transferflow.judging.evaluation import score_model, score_on_golden
-    from transferflow.registry import Registry
+    from transferflow.judging.evaluation import score_model
     from transferflow.training import model as modeling
 
     model = modeling.load_from(model_uri)
     test = score_model(model, dataset.class_names, dataset, "test", config.batch_size)
+    return _with_golden(config, dataset, model, test, logger)
+
+
+def _with_golden(config: RetrainConfig, dataset: DatasetRef, model, test: Scored, logger) -> Evaluation:
+    """The evaluation of a model scored `test` on the test split: logged, with its golden set's."""
+    from transferflow.judging.evaluation import score_on_golden
+    from transferflow.registry import Registry
+
     metrics = test.metrics
     logger.info("test accuracy %.4f, macro-F1 %.4f, calibration error %.4f on %d images (chance %.4f)",
                 metrics["accuracy"], metrics["macro_f1"], metrics["ece"], metrics["images"],
@@ -213,6 +220,30 @@ def export_formats(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutco
             storage.upload_file(made.path, location.bucket, location.key)
             staged[name] = {**made.entry, "file": relative, "staged_uri": location.uri}
     return staged
+
+
+def evaluate_and_stage_reference(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutcome, run_id: str,
+                                 logger=log) -> tuple[Evaluation, dict]:
+    """The final model's evaluation (evaluate_model's) and its monitoring reference (stage_reference's)
+    from one load of the model and one pass over the test and val splits: the reference is made of
+    the very answers the test split is scored on."""
+    from transferflow.errors import DatasetError
+    from transferflow.judging.scoring import scored
+    from transferflow.monitoring.reference import stage_reference as stage
+    from transferflow.monitoring.reference import view_splits
+    from transferflow.training import model as modeling
+    from transferflow.training.fit import split_labels
+
+    model = modeling.load_from(final.model_uri)
+    outputs = view_splits(model, dataset, config.batch_size)
+    if "test" not in outputs:
+        raise DatasetError(f"dataset {dataset.source} has no test split")
+    classes = dataset.class_names
+    labels = split_labels(load_prepared(dataset).splits["test"]).astype(np.int64)
+    test = scored(labels, np.asarray(outputs["test"][:, :len(classes)], np.float64), classes)
+    evaluation = _with_golden(config, dataset, model, test, logger)
+    reference = stage(model, classes, dataset, run_prefix(run_id), config.batch_size, logger, outputs)
+    return evaluation, reference
 
 
 def stage_reference(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutcome, run_id: str,
