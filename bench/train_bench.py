@@ -7,9 +7,11 @@
 (b) transferflow's product path with its defaults: `phases.train_head` then `phases.fine_tune`,
     as the flow's tasks call them, against a local SeaweedFS this bench starts. That is the
     compute plan for this machine (precision, XLA, strategy), the backbone built from the
-    weights file, its features computed once and stored in S3, the head trained on them with a
-    checkpoint in S3 after every epoch, the model staged to S3; then the staged model loaded,
-    its top blocks fine-tuned with the warm-up + cosine schedule and checkpoints, and staged.
+    weights file, its features computed once and stored in S3, the head trained on them with
+    checkpoints in S3 on the default cadence (one when 60 s have passed since the last, at an
+    epoch's end; uploads overlap training), the model staged to S3; then the staged model loaded,
+    its top blocks fine-tuned (on the frozen bottom's cached activations) with the warm-up + cosine
+    schedule and checkpoints, and staged.
 
 Both sides: the same prepared images (the dataset stage's own split of a generated dataset),
 the same randomly initialised (He) VGG16 weights file, batch 32, the same epochs (no early
