@@ -15,7 +15,7 @@ _LAZY = {
     "export_verified": "exports", "Evaluation": "stages", "apply_promotion": "stages",
     "build_metadata": "stages", "calibrate_model": "stages", "cleanup_run": "stages",
     "decide_promotion": "stages", "evaluate_model": "stages", "export_formats": "stages",
-    "export_model": "stages", "register_model": "stages", "stage_reference": "stages",
+    "export_model": "stages", "register_model": "stages", "evaluate_and_stage_reference": "stages",
 }
 __all__ = sorted(_LAZY)
 

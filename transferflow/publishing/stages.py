@@ -229,6 +229,7 @@ def evaluate_and_stage_reference(config: RetrainConfig, dataset: DatasetRef, fin
     the very answers the test split is scored on."""
     from transferflow.errors import DatasetError
     from transferflow.judging.scoring import scored
+    from transferflow.monitoring.features import split
     from transferflow.monitoring.reference import stage_reference as stage
     from transferflow.monitoring.reference import view_splits
     from transferflow.training import model as modeling
@@ -240,21 +241,11 @@ def evaluate_and_stage_reference(config: RetrainConfig, dataset: DatasetRef, fin
         raise DatasetError(f"dataset {dataset.source} has no test split")
     classes = dataset.class_names
     labels = split_labels(load_prepared(dataset).splits["test"]).astype(np.int64)
-    test = scored(labels, np.asarray(outputs["test"][:, :len(classes)], np.float64), classes)
+    probabilities, _ = split(outputs["test"], len(classes))
+    test = scored(labels, np.asarray(probabilities, np.float64), classes)
     evaluation = _with_golden(config, dataset, model, test, logger)
     reference = stage(model, classes, dataset, run_prefix(run_id), config.batch_size, logger, outputs)
     return evaluation, reference
-
-
-def stage_reference(config: RetrainConfig, dataset: DatasetRef, final: PhaseOutcome, run_id: str,
-                    logger=log) -> dict:
-    """The final model's monitoring reference (its statistics on the test and val splits), staged
-    under the run's prefix; registration copies and verifies it into the version."""
-    from transferflow.monitoring.reference import stage_reference as stage
-    from transferflow.training import model as modeling
-
-    return stage(modeling.load_from(final.model_uri), dataset.class_names, dataset, run_prefix(run_id),
-                 config.batch_size, logger)
 
 
 def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: BackboneRef,
@@ -266,7 +257,8 @@ def build_metadata(config: RetrainConfig, dataset: DatasetRef, backbone: Backbon
                    timings: dict | None = None) -> TrainingRecord:
     """Everything needed to know where a model came from and how good it is. `final` is the
     model registered (the calibrated one, when calibration was applied); `formats` the verified
-    exports of export_formats; `reference` the staged monitoring reference of stage_reference;
+    exports of export_formats; `reference` the staged monitoring reference of
+    evaluate_and_stage_reference;
     `change_check` the cheap signature a later if_changed run compares; `timings` the seconds per
     stage so far (timing.StageClock)."""
     from transferflow.data.downloads import redact
