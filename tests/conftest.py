@@ -35,16 +35,21 @@ FIRST = ("scaleout/", "integration/test_deployments.py", "integration/test_real_
          "integration/test_retrain_flow.py", "faults/test_preemption.py")
 
 
+def _path(nodeid: str) -> str:
+    """A test's file under tests/, from its node id ("tests/integration/test_cli.py::test_x")."""
+    return nodeid.split("::", 1)[0].removeprefix("tests/")
+
+
 def group_of(nodeid: str) -> str:
-    """The group of a test, by its node id ("tests/integration/test_cli.py::test_x")."""
-    path = nodeid.split("::", 1)[0].removeprefix("tests/")
+    """The group of a test, by its node id."""
+    path = _path(nodeid)
     if path.startswith("scaleout/"):
         return "ray"
     return nodeid if path.startswith("unit/") else path
 
 
 def _rank(nodeid: str) -> int:
-    path = nodeid.split("::", 1)[0].removeprefix("tests/")
+    path = _path(nodeid)
     first = [i for i, prefix in enumerate(FIRST) if path.startswith(prefix)]
     return first[0] if first else len(FIRST) + path.startswith("unit/")
 
