@@ -5,9 +5,10 @@
     python -m transferflow.devstack.lockfile check --remove-strays requirements/dev.txt
 
 The role files are exported from uv.lock by `make lock` and installed by the Makefile with
-`pip install --require-hashes --no-deps`. This is `pip freeze` compared with them, both ways: every
-pinned distribution whose marker holds here is installed at its version, and nothing else is
-installed but transferflow itself and the installer.
+`uv pip install --require-hashes --no-deps` (uv at dev.txt's version, installed by pip). This is
+`pip freeze` compared with them, both ways: every pinned distribution whose marker holds here is
+installed at its version, and nothing else is installed but transferflow itself and the
+installers.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from packaging.markers import Marker
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-# Installed beside the lock: the project (pip install -e .) and the installer.
-OUTSIDE_THE_LOCK = frozenset({"transferflow", "pip"})
+# Installed beside the lock: the project (installed editable) and the installers (the venv's pip,
+# and uv, which the run role's file does not pin).
+OUTSIDE_THE_LOCK = frozenset({"transferflow", "pip", "uv"})
 
 
 @dataclass(frozen=True)
