@@ -2,6 +2,7 @@
 `train_here` by name, so the plain package never depends on the flows."""
 
 import os
+import threading
 
 from transferflow.config import RetrainConfig
 from transferflow.errors import ConfigError
@@ -12,15 +13,54 @@ STARTUP_VARIABLE = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 STARTUP_TIMEOUT_S = "120"
 TIMED_OUT = "Timed out while attempting to connect to ephemeral Prefect API server"
 
+_starting: dict[str, object] = {}  # the background start of Prefect's temporary server, if any
 
-def train_here(config: RetrainConfig) -> dict:
-    """Run the retrain flow in this process (Prefect's ephemeral API when PREFECT_API_URL is unset)."""
+
+def _prefect_environment() -> None:
     # The ephemeral server's usage heartbeat calls out to the internet: not on training clusters.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault(STARTUP_VARIABLE, STARTUP_TIMEOUT_S)
+
+
+def start_prefect() -> None:
+    """Start Prefect's temporary API server now, in the background, when runs use one (no
+    PREFECT_API_URL): it takes 5-10 s, its own process, and `transferflow train` imports TensorFlow
+    meanwhile instead of waiting for it after. `train_here` waits for it before the flow starts."""
+    _prefect_environment()
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value() or _starting:
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect's client takes, so it is started once
+
+    def start() -> None:
+        try:
+            server.start()
+        except BaseException as exc:  # raised again where train_here waits for the server
+            _starting["error"] = exc
+
+    thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
+    _starting["thread"] = thread
+    thread.start()
+
+
+def _wait_for_prefect() -> None:
+    thread = _starting.get("thread")
+    if thread is not None:
+        thread.join()
+    if "error" in _starting:
+        raise _starting.pop("error")
+
+
+def train_here(config: RetrainConfig) -> dict:
+    """Run the retrain flow in this process (Prefect's ephemeral API when PREFECT_API_URL is unset)."""
+    _prefect_environment()
     from transferflow_flows.retrain import retrain  # Prefect starts up here, after the checks
 
     try:
+        _wait_for_prefect()
         return retrain(config=config)
     except RuntimeError as exc:
         if TIMED_OUT not in str(exc):

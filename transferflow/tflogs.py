@@ -20,8 +20,11 @@ LEVEL_VARIABLE = "TF_CPP_MIN_LOG_LEVEL"
 
 def import_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow now, without its start-up lines unless asked for them."""
-    if verbose or LEVEL_VARIABLE in os.environ or "tensorflow" in sys.modules:
-        return  # the user chose what to see (or it is too late to hide it)
+    if "tensorflow" in sys.modules:
+        return  # imported already: too late to hide anything
+    if verbose or LEVEL_VARIABLE in os.environ:  # the user chose what to see
+        import tensorflow  # noqa: F401
+        return
     os.environ[LEVEL_VARIABLE] = "3"
     with fd2_captured():
         import tensorflow  # noqa: F401

@@ -36,10 +36,11 @@ def test_every_package_folder_is_installed():
     assert config["package-dir"] == {"transferflow_flows": "flows", "transferflow_tasks": "tasks"}
 
 
-def test_the_train_entry_point_resolves():
-    from transferflow import cli
+@pytest.mark.parametrize("name", ["TRAIN_ENTRY_POINT", "PREFECT_START"])
+def test_the_train_entry_points_resolve(name):
+    from transferflow.cli import train
 
-    module, _, attribute = cli.TRAIN_ENTRY_POINT.partition(":")
+    module, _, attribute = getattr(train, name).partition(":")
     source = ROOT / config_dir(module) / f"{module.split('.')[-1]}.py"
     tree = ast.parse(source.read_text())
     assert attribute in {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}

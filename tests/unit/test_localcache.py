@@ -74,3 +74,40 @@ def test_an_ephemeral_prefect_start_that_times_out_says_what_to_do(monkeypatch):
     import os
 
     assert os.environ[entry.STARTUP_VARIABLE] == "120"  # Prefect's 20 s default, raised
+
+
+def test_the_background_start_of_prefects_server_times_out_into_the_same_message(monkeypatch):
+    """`transferflow train` starts Prefect's temporary server while TensorFlow imports; a start
+    that fails there is raised where train_here waits for it, before any flow runs."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from transferflow.config import RetrainConfig
+    from transferflow_flows import entry
+
+    flows_run = []
+    monkeypatch.setattr(entry, "_starting", {})
+    monkeypatch.setitem(sys.modules, "transferflow_flows.retrain",
+                        types.SimpleNamespace(retrain=lambda config: flows_run.append(config)))
+
+    def timed_out(self, timeout=None):
+        raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+
+    monkeypatch.setattr(SubprocessASGIServer, "start", timed_out)
+    with temporary_settings(updates={PREFECT_API_URL: None}):  # Prefect reads its variables on import
+        entry.start_prefect()
+    assert entry._starting["thread"].name == "prefect-server-start"
+    with pytest.raises(ConfigError, match="Prefect's temporary API server did not answer"):
+        entry.train_here(RetrainConfig(dataset="x"))
+    assert flows_run == []
+
+
+def test_no_server_is_started_when_runs_use_a_prefect_server(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from transferflow_flows import entry
+
+    monkeypatch.setattr(entry, "_starting", {})
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api"}):
+        entry.start_prefect()
+    assert entry._starting == {}

@@ -12,6 +12,7 @@ from transferflow.pipeline.timing import mark_handover, table
 
 # The Prefect wiring of `train` lives in flows/entry.py; the CLI reaches it only by this name.
 TRAIN_ENTRY_POINT = "transferflow_flows.entry:train_here"
+PREFECT_START = "transferflow_flows.entry:start_prefect"
 
 
 def add_train_command(commands) -> None:
@@ -34,6 +35,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Fail in a second on a missing path or a wrong endpoint, before Prefect and TensorFlow start up.
     preflight(config, as_flags=True)
     storage.ensure_bucket()
+    entry_point(PREFECT_START)()  # its temporary server starts in the background while TensorFlow imports
     tflogs.import_tensorflow(args.verbose)
     mark_handover()
     result = entry_point(TRAIN_ENTRY_POINT)(config)
