@@ -36,7 +36,7 @@ EPOCH = re.compile(r"- (head|fine_tune) epoch \d+/\d+ \((\d+\.\d)s\)")
 def checkout(rev: str, work: Path) -> Path:
     """`rev`'s tree, with its package folders under the names they install as."""
     source, packages = work / "src", work / "packages"
-    source.mkdir()
+    source.mkdir(parents=True)
     packages.mkdir()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
