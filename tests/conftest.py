@@ -3,9 +3,12 @@ this session starts on free loopback ports, with its own credentials."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
 import warnings
 from pathlib import Path
@@ -13,6 +16,15 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Prefect's home is this test process's own, set before anything imports Prefect: its database and
+# the results tasks persist there (the dataset task's cache among them), so no test reads or writes
+# the user's ~/.prefect or finds a previous session's cached results. Nor do runs go to the user's
+# server: a test that wants one sets PREFECT_API_URL itself.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="transferflow-tests-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("PREFECT_PROFILE", None)
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 
 AWS_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
             "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION", "TRANSFERFLOW_BUCKET")

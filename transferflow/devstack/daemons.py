@@ -93,25 +93,39 @@ def stop_group(pid: int, timeout: float = 20) -> None:
 
     Only for processes started by `spawn`, which lead their own group.
     """
-    try:
-        if os.getpgid(pid) != pid:
-            os.kill(pid, signal.SIGTERM)  # not a group leader: never signal a stranger's group
-            return
-    except ProcessLookupError:
-        return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+    stop_groups([pid], timeout)
+
+
+def stop_groups(pids: list[int], timeout: float = 20) -> None:
+    """stop_group for several services at once: all are signalled together and the waits overlap,
+    so stopping N slow services takes one timeout, not N."""
+    leaders = []
+    for pid in pids:
         try:
-            os.killpg(pid, sig)
+            if os.getpgid(pid) != pid:
+                os.kill(pid, signal.SIGTERM)  # not a group leader: never signal a stranger's group
+                continue
         except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+            continue
+        leaders.append(pid)
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        for pid in list(leaders):
             try:
-                os.killpg(pid, 0)
+                os.killpg(pid, sig)
             except ProcessLookupError:
-                return
-            _reap(pid)
+                leaders.remove(pid)
+        deadline = time.monotonic() + wait
+        while leaders and time.monotonic() < deadline:
+            for pid in list(leaders):
+                try:
+                    os.killpg(pid, 0)
+                except ProcessLookupError:
+                    leaders.remove(pid)
+                    continue
+                _reap(pid)
             time.sleep(0.1)
+        if not leaders:
+            return
 
 
 def _reap(pid: int) -> None:
@@ -137,8 +151,14 @@ def start_checked(command: list[str], *, what: str, ready: Callable[[], bool], t
 
 def stop_pid_file(pid_file: Path, timeout: float = 20) -> int | None:
     """Stop the service recorded in `pid_file` and remove the file; returns the pid stopped."""
-    pid = read_pid(pid_file)
-    if pid is not None:
-        stop_group(pid, timeout)
-    pid_file.unlink(missing_ok=True)
-    return pid
+    return stop_pid_files([pid_file], timeout)[0]
+
+
+def stop_pid_files(pid_files: list[Path], timeout: float = 20) -> list[int | None]:
+    """Stop the services recorded in `pid_files` together (stop_groups) and remove the files;
+    returns the pids stopped, None where a file named no running process."""
+    pids = [read_pid(pid_file) for pid_file in pid_files]
+    stop_groups([pid for pid in pids if pid is not None], timeout)
+    for pid_file in pid_files:
+        pid_file.unlink(missing_ok=True)
+    return pids

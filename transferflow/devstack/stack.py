@@ -227,10 +227,13 @@ def down(stack: Stack) -> None:
         crashed = crash_active_runs(stack)
         if crashed:
             print(f"marked {crashed} unfinished flow run(s) Crashed: their workers stop now")
-    for name in ("watch", "worker-gpu", "worker-cpu", "server"):
-        pid = daemons.stop_pid_file(stack.pid_file(name))
-        if pid or name != "watch":  # the watcher runs only when prefixes were given
-            print(f"stopped {name} (pid {pid})" if pid else f"{name} was not running")
+    # The watcher and the workers together (a worker that has run flows was seen to take its whole
+    # 20 s grace to exit, so one after the other took 40 s), then the server they report to.
+    for names in (("watch", "worker-gpu", "worker-cpu"), ("server",)):
+        pids = daemons.stop_pid_files([stack.pid_file(name) for name in names])
+        for name, pid in zip(names, pids, strict=True):
+            if pid or name != "watch":  # the watcher runs only when prefixes were given
+                print(f"stopped {name} (pid {pid})" if pid else f"{name} was not running")
 
 
 def crash_active_runs(stack: Stack) -> int:
