@@ -3,6 +3,7 @@
 
 import os
 import threading
+import time
 
 from transferflow.config import RetrainConfig
 from transferflow.errors import ConfigError
@@ -44,6 +45,10 @@ def start_prefect() -> None:
     thread = threading.Thread(target=start, name="prefect-server-start", daemon=True)
     _starting["thread"] = thread
     thread.start()
+    # Return once its process exists: it inherits this process's stderr, which the TensorFlow import
+    # that follows points at a temporary file for a moment.
+    while thread.is_alive() and server.server_process is None:
+        time.sleep(0.01)
 
 
 def _wait_for_prefect() -> None:
